@@ -1,0 +1,10 @@
+"""mocrograd: a small, readable autograd and neural-network library on a compiled core.
+
+The core (``mocrograd._core``) is Cython over typed memoryviews, parallel with
+OpenMP, in three switchable kernel variants (see ``mocrograd.backend``).
+"""
+from ._core import Matrix, cpu_count, openmp_enabled
+from .backend import backend, get_backend, set_backend
+
+__version__ = "0.1.0"
+__all__ = ["Matrix", "backend", "cpu_count", "get_backend", "openmp_enabled", "set_backend"]

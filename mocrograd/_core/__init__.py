@@ -1,0 +1,12 @@
+"""The compiled core: the Matrix type and its kernels.
+
+Modules:
+    parallel   -- how many OpenMP threads a kernel may use (the one place for that policy)
+    naive      -- plain single-threaded loops: the readable reference
+    optimized  -- vectorizable, cache-blocked, OpenMP-parallel versions of the same kernels
+    matrix     -- the Matrix type, argument checks and dispatch to the selected variant
+"""
+from .matrix import Matrix, argmax, get_backend_state, set_backend_state
+from .parallel import cpu_count, openmp_enabled
+
+__all__ = ["Matrix", "argmax", "cpu_count", "openmp_enabled", "get_backend_state", "set_backend_state"]

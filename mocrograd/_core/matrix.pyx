@@ -1,0 +1,595 @@
+"""The Matrix type: a 2-D, C-contiguous float32 or float64 array with compiled kernels.
+
+Every public operation checks its arguments here, with the GIL held, and only
+then calls a kernel of the selected variant without the GIL. So bad input gets
+a Python exception (naming the shapes involved) and never reaches compiled
+loops. A Matrix owns a NumPy array; ``np.asarray(m)`` is a zero-copy view of it.
+
+Matrices have at least one row and one column: an empty shape is rejected,
+because no layer, loss or optimizer has a use for one.
+"""
+from cpython.buffer cimport PyBUF_FORMAT, PyBUF_ND, PyBUF_STRIDES
+from cython cimport floating
+import numbers
+
+import numpy as np
+
+from . cimport naive, optimized
+from .ops cimport *
+from .parallel cimport available_threads, dynamic_workers
+
+# ---------------------------------------------------------------- variants
+
+cdef enum Variant:
+    NAIVE = 0
+    OPTIMIZED = 1
+    DYNAMIC = 2
+
+VARIANTS = ("naive", "optimized", "dynamic")
+
+cdef int _variant = DYNAMIC
+cdef int _fixed_workers = 1
+
+
+def set_backend_state(str name, int workers):
+    """Select the kernel variant and (for ``optimized``) the worker count.
+
+    Validation and the user-facing API live in ``mocrograd.backend``."""
+    global _variant, _fixed_workers
+    _variant = VARIANTS.index(name)
+    _fixed_workers = workers
+
+
+def get_backend_state():
+    """(variant name, workers) as last set."""
+    return VARIANTS[_variant], _fixed_workers
+
+
+cdef inline int _workers_for(double work) noexcept nogil:
+    """Chunks to cut a kernel of ``work`` operations into, under the current variant."""
+    if _variant == OPTIMIZED:
+        return _fixed_workers
+    if _variant == DYNAMIC:
+        return min(dynamic_workers(work), _fixed_workers)
+    return 1
+
+
+# ------------------------------------------------------------- dispatching
+# One fused helper per kernel chooses naive or optimized; the Matrix methods
+# choose float or double. Both choices are made once per call, outside loops.
+
+cdef int _matmul(const floating[:, ::1] a, bint ta, const floating[:, ::1] b, bint tb,
+                 floating[:, ::1] out, bint accumulate, double work) noexcept nogil:
+    if _variant == NAIVE:
+        return naive.matmul(a, ta, b, tb, out, accumulate, 1)
+    return optimized.matmul(a, ta, b, tb, out, accumulate, _workers_for(work))
+
+
+cdef void _binary(int op, const floating[:, ::1] a, const floating[:, ::1] b,
+                  floating[:, ::1] out) noexcept nogil:
+    if _variant == NAIVE:
+        naive.binary(op, a, b, out, 1)
+    else:
+        optimized.binary(op, a, b, out, _workers_for(out.shape[0] * out.shape[1]))
+
+
+cdef void _unary(int op, const floating[:, ::1] x, double s, floating[:, ::1] out) noexcept nogil:
+    # exp, log and pow cost about ten simple operations each
+    cdef double work = x.shape[0] * x.shape[1] * (10.0 if op in (EXP, LOG, POW_SCALAR) else 1.0)
+    if _variant == NAIVE:
+        naive.unary(op, x, s, out, 1)
+    else:
+        optimized.unary(op, x, s, out, _workers_for(work))
+
+
+cdef void _relu_grad(const floating[:, ::1] x, const floating[:, ::1] g, floating[:, ::1] out) noexcept nogil:
+    if _variant == NAIVE:
+        naive.relu_grad(x, g, out, 1)
+    else:
+        optimized.relu_grad(x, g, out, _workers_for(x.shape[0] * x.shape[1]))
+
+
+cdef void _reduce(int op, int axis, const floating[:, ::1] x, floating[:, ::1] out) noexcept nogil:
+    if _variant == NAIVE:
+        naive.reduce(op, axis, x, out, 1)
+    else:
+        optimized.reduce(op, axis, x, out, _workers_for(x.shape[0] * x.shape[1]))
+
+
+cdef void _argmax(int axis, const floating[:, ::1] x, Py_ssize_t[:, ::1] out) noexcept nogil:
+    if _variant == NAIVE:
+        naive.argmax(axis, x, out, 1)
+    else:
+        optimized.argmax(axis, x, out, _workers_for(x.shape[0] * x.shape[1]))
+
+
+cdef void _log_softmax(int axis, const floating[:, ::1] x, floating[:, ::1] out) noexcept nogil:
+    if _variant == NAIVE:
+        naive.log_softmax(axis, x, out, 1)
+    else:
+        optimized.log_softmax(axis, x, out, _workers_for(x.shape[0] * x.shape[1] * 20.0))
+
+
+cdef void _log_softmax_grad(int axis, const floating[:, ::1] y, const floating[:, ::1] g,
+                            floating[:, ::1] out) noexcept nogil:
+    if _variant == NAIVE:
+        naive.log_softmax_grad(axis, y, g, out, 1)
+    else:
+        optimized.log_softmax_grad(axis, y, g, out, _workers_for(y.shape[0] * y.shape[1] * 10.0))
+
+
+cdef void _update(int kind, double alpha, const floating[:, ::1] x, floating[:, ::1] y) noexcept nogil:
+    """kind 0: y += alpha x; 1: y *= alpha; 2: y = alpha; 3: y = x."""
+    cdef int w = _workers_for(y.shape[0] * y.shape[1])
+    if _variant == NAIVE:
+        if kind == 0:
+            naive.axpy(alpha, x, y, 1)
+        elif kind == 1:
+            naive.scale(alpha, y, 1)
+        elif kind == 2:
+            naive.fill(alpha, y, 1)
+        else:
+            naive.copy(x, y, 1)
+    elif kind == 0:
+        optimized.axpy(alpha, x, y, w)
+    elif kind == 1:
+        optimized.scale(alpha, y, w)
+    elif kind == 2:
+        optimized.fill(alpha, y, w)
+    else:
+        optimized.copy(x, y, w)
+
+
+# ------------------------------------------------------------ conversions
+
+_FLOAT32 = np.dtype(np.float32)
+_FLOAT64 = np.dtype(np.float64)
+
+
+def _as_dtype(dtype):
+    """np.float32 or np.float64 for a dtype-like, else TypeError."""
+    if dtype is None:
+        return _FLOAT32
+    d = np.dtype(dtype)
+    if d != _FLOAT32 and d != _FLOAT64:
+        raise TypeError(f"Matrix dtype must be float32 or float64, got {d}")
+    return d
+
+
+def _to_array(data, dtype):
+    """A 2-D, C-contiguous float32/float64 ndarray for data, copying only when needed."""
+    if isinstance(data, Matrix):
+        data = (<Matrix>data).array
+    if isinstance(data, np.ndarray):
+        if data.dtype.kind not in "biuf":
+            raise TypeError(f"Matrix needs numeric data, got an array of dtype {data.dtype}")
+        if dtype is None:
+            dtype = data.dtype if data.dtype in (_FLOAT32, _FLOAT64) else _FLOAT32
+    else:
+        if isinstance(data, (str, bytes)) or not hasattr(data, "__len__"):
+            raise TypeError(f"Matrix needs a 2-D array or nested lists, got {type(data).__name__}")
+        try:
+            data = np.array(data, dtype=_as_dtype(dtype))
+        except (ValueError, TypeError) as error:
+            raise TypeError(f"Matrix needs a rectangular nested list of numbers: {error}") from None
+    dtype = _as_dtype(dtype)
+    if data.ndim != 2:
+        raise ValueError(f"Matrix needs 2-D data, got {data.ndim}-D with shape {data.shape}; "
+                         "reshape a vector to (1, n) or (n, 1)")
+    _check_shape(data.shape[0], data.shape[1])
+    return np.ascontiguousarray(data, dtype=dtype)
+
+
+cdef _check_shape(Py_ssize_t rows, Py_ssize_t cols):
+    if rows < 1 or cols < 1:
+        raise ValueError(f"Matrix needs at least one row and one column, got shape ({rows}, {cols})")
+
+
+cdef Matrix _wrap(object array):
+    """A Matrix around an ndarray already known to be 2-D, C-contiguous, float32/64, non-empty."""
+    cdef Matrix m = Matrix.__new__(Matrix)
+    m.array = array
+    m.rows = array.shape[0]
+    m.cols = array.shape[1]
+    m.is64 = array.dtype == _FLOAT64
+    if m.is64:
+        m.f64 = array
+    else:
+        m.f32 = array
+    return m
+
+
+cdef Matrix _empty(Py_ssize_t rows, Py_ssize_t cols, bint is64):
+    return _wrap(np.empty((rows, cols), dtype=_FLOAT64 if is64 else _FLOAT32))
+
+
+cdef str _shape_str(Matrix m):
+    return f"({m.rows}, {m.cols})"
+
+
+cdef Matrix _same_kind(Matrix a, object b, str what):
+    """b as a Matrix of a's dtype: a number becomes 1x1; another dtype is a TypeError."""
+    cdef Matrix m
+    if isinstance(b, Matrix):
+        m = <Matrix>b
+        if m.is64 != a.is64:
+            raise TypeError(f"{what}: dtypes differ ({a.array.dtype} and {m.array.dtype}); "
+                            "convert one with .astype()")
+        return m
+    if isinstance(b, numbers.Real):
+        return _wrap(np.full((1, 1), b, dtype=a.array.dtype))
+    raise TypeError(f"{what}: expected a Matrix or a number, got {type(b).__name__}")
+
+
+cdef Py_ssize_t _broadcast_dim(Py_ssize_t x, Py_ssize_t y) except -1:
+    if x == y or y == 1:
+        return x
+    if x == 1:
+        return y
+    return -2
+
+
+cdef int _check_axis(axis) except -2:
+    if axis is None:
+        return ALL
+    if axis in (0, 1, -1, -2) and not isinstance(axis, bool):
+        return axis % 2
+    raise ValueError(f"axis must be None, 0 or 1 for a 2-D Matrix, got {axis!r}")
+
+
+# ------------------------------------------------------------------ Matrix
+
+cdef class Matrix:
+    """A 2-D float32 (default) or float64 matrix whose operations run compiled kernels.
+
+    ``Matrix(data, dtype=None)`` accepts a 2-D NumPy array, nested lists or another
+    Matrix. A float32/float64 C-contiguous array is used without copying (unless a
+    different dtype is asked for); anything else numeric is converted, to float32 by
+    default. Operators: ``@``, ``+ - * /`` with broadcasting of (r, 1), (1, c) or (1, 1)
+    operands and numbers, unary ``-`` and ``** number``.
+    """
+
+    def __init__(self, data, dtype=None):
+        array = _to_array(data, dtype)
+        self.array = array
+        self.rows = array.shape[0]
+        self.cols = array.shape[1]
+        self.is64 = array.dtype == _FLOAT64
+        if self.is64:
+            self.f64 = array
+        else:
+            self.f32 = array
+
+    # -- constructors
+    @staticmethod
+    def zeros(Py_ssize_t rows, Py_ssize_t cols, dtype=None):
+        """A rows x cols matrix of zeros."""
+        return Matrix.full(rows, cols, 0.0, dtype)
+
+    @staticmethod
+    def full(Py_ssize_t rows, Py_ssize_t cols, double value, dtype=None):
+        """A rows x cols matrix filled with value."""
+        _check_shape(rows, cols)
+        cdef Matrix m = _empty(rows, cols, _as_dtype(dtype) == _FLOAT64)
+        m.fill_(value)
+        return m
+
+    @staticmethod
+    def rand(Py_ssize_t rows, Py_ssize_t cols, seed=None, dtype=None):
+        """Uniform [0, 1) values from ``np.random.default_rng(seed)``."""
+        _check_shape(rows, cols)
+        return _wrap(np.random.default_rng(seed).random((rows, cols), dtype=_as_dtype(dtype)))
+
+    @staticmethod
+    def randn(Py_ssize_t rows, Py_ssize_t cols, seed=None, dtype=None):
+        """Standard normal values from ``np.random.default_rng(seed)``."""
+        _check_shape(rows, cols)
+        return _wrap(np.random.default_rng(seed).standard_normal((rows, cols), dtype=_as_dtype(dtype)))
+
+    # -- properties
+    @property
+    def shape(self):
+        """(rows, cols)."""
+        return (self.rows, self.cols)
+
+    @property
+    def dtype(self):
+        """numpy.float32 or numpy.float64 (as a NumPy dtype)."""
+        return self.array.dtype
+
+    def numpy(self):
+        """The NumPy array holding the data (a view: writing to it changes the matrix)."""
+        return self.array
+
+    def copy(self):
+        """A new matrix with the same values."""
+        cdef Matrix out = _empty(self.rows, self.cols, self.is64)
+        out.copy_(self)
+        return out
+
+    def astype(self, dtype):
+        """This matrix converted to float32 or float64 (self if already that dtype)."""
+        d = _as_dtype(dtype)
+        return self if d == self.array.dtype else _wrap(self.array.astype(d))
+
+    def __repr__(self):
+        body = np.array2string(self.array, precision=4, threshold=64, edgeitems=3, prefix="Matrix(")
+        return f"Matrix({body}, dtype={self.array.dtype.name})"
+
+    def __array__(self, dtype=None, copy=None):
+        if copy:
+            return self.array.astype(dtype or self.array.dtype, copy=True)
+        return self.array if dtype is None else self.array.astype(dtype, copy=False)
+
+    def __getbuffer__(self, Py_buffer* buffer, int flags):
+        cdef Py_ssize_t itemsize = 8 if self.is64 else 4
+        self._buffer_shape[0] = self.rows
+        self._buffer_shape[1] = self.cols
+        self._buffer_strides[0] = self.cols * itemsize
+        self._buffer_strides[1] = itemsize
+        buffer.buf = <void*>&self.f64[0, 0] if self.is64 else <void*>&self.f32[0, 0]
+        buffer.format = NULL
+        if flags & PyBUF_FORMAT:
+            buffer.format = b"d" if self.is64 else b"f"
+        buffer.internal = NULL
+        buffer.itemsize = itemsize
+        buffer.len = self.rows * self.cols * itemsize
+        buffer.ndim = 2
+        buffer.obj = self
+        buffer.readonly = 0
+        buffer.shape = self._buffer_shape if flags & PyBUF_ND else NULL
+        buffer.strides = self._buffer_strides if flags & PyBUF_STRIDES == PyBUF_STRIDES else NULL
+        buffer.suboffsets = NULL
+
+    def __releasebuffer__(self, Py_buffer* buffer):
+        pass
+
+    # -- matrix products
+    def matmul(self, other, bint trans_a=False, bint trans_b=False, out=None, bint accumulate=False):
+        """op(self) @ op(other), op = transpose when its flag is set, without copying a transpose.
+
+        With ``out`` the result is written there (added to it when ``accumulate``)."""
+        cdef Matrix b = _same_kind(self, other, "matmul")
+        cdef Py_ssize_t m = self.cols if trans_a else self.rows
+        cdef Py_ssize_t k = self.rows if trans_a else self.cols
+        cdef Py_ssize_t kb = b.cols if trans_b else b.rows
+        cdef Py_ssize_t n = b.rows if trans_b else b.cols
+        cdef Matrix result
+        cdef int status
+        if not isinstance(other, Matrix):
+            raise TypeError(f"matmul needs a Matrix, got {type(other).__name__}")
+        if k != kb:
+            raise ValueError(f"matmul: shapes {_shape_str(self)}{'.T' if trans_a else ''} and "
+                             f"{_shape_str(b)}{'.T' if trans_b else ''} do not align ({k} != {kb})")
+        result = _output(out, m, n, self.is64, "matmul")
+        if accumulate and out is None:
+            raise ValueError("matmul: accumulate=True needs an out matrix to add to")
+        cdef double work = <double>m * n * k
+        with nogil:
+            if self.is64:
+                status = _matmul(self.f64, trans_a, b.f64, trans_b, result.f64, accumulate, work)
+            else:
+                status = _matmul(self.f32, trans_a, b.f32, trans_b, result.f32, accumulate, work)
+        if status != 0:
+            raise MemoryError("matmul: could not allocate its packing workspace")
+        return result
+
+    def __matmul__(self, other):
+        if not isinstance(self, Matrix) or not isinstance(other, Matrix):
+            return NotImplemented
+        return self.matmul(other)
+
+    # -- element-wise with broadcasting
+    cdef Matrix _binary_op(self, int op, other, bint reflected, str name):
+        cdef Matrix b = _same_kind(self, other, name)
+        cdef Matrix x = b if reflected else self
+        cdef Matrix y = self if reflected else b
+        cdef Py_ssize_t rows = _broadcast_dim(x.rows, y.rows)
+        cdef Py_ssize_t cols = _broadcast_dim(x.cols, y.cols)
+        if rows < 0 or cols < 0:
+            raise ValueError(f"{name}: shapes {_shape_str(x)} and {_shape_str(y)} cannot be broadcast "
+                             "(each dimension must match or be 1)")
+        cdef Matrix out = _empty(rows, cols, self.is64)
+        with nogil:
+            if self.is64:
+                _binary(op, x.f64, y.f64, out.f64)
+            else:
+                _binary(op, x.f32, y.f32, out.f32)
+        return out
+
+    def add(self, other):
+        """self + other (Matrix or number), broadcasting (r, 1), (1, c) and (1, 1)."""
+        return self._binary_op(ADD, other, False, "add")
+
+    def __add__(self, other):
+        return self._binary_op(ADD, other, False, "add") if isinstance(self, Matrix) else NotImplemented
+
+    def __radd__(self, other):
+        return self._binary_op(ADD, other, True, "add")
+
+    def __sub__(self, other):
+        return self._binary_op(SUB, other, False, "subtract") if isinstance(self, Matrix) else NotImplemented
+
+    def __rsub__(self, other):
+        return self._binary_op(SUB, other, True, "subtract")
+
+    def __mul__(self, other):
+        return self._binary_op(MUL, other, False, "multiply") if isinstance(self, Matrix) else NotImplemented
+
+    def __rmul__(self, other):
+        return self._binary_op(MUL, other, True, "multiply")
+
+    def __truediv__(self, other):
+        return self._binary_op(DIV, other, False, "divide") if isinstance(self, Matrix) else NotImplemented
+
+    def __rtruediv__(self, other):
+        return self._binary_op(DIV, other, True, "divide")
+
+    # -- element-wise, one operand
+    cdef Matrix _unary_op(self, int op, double scalar):
+        cdef Matrix out = _empty(self.rows, self.cols, self.is64)
+        with nogil:
+            if self.is64:
+                _unary(op, self.f64, scalar, out.f64)
+            else:
+                _unary(op, self.f32, scalar, out.f32)
+        return out
+
+    def __neg__(self):
+        return self._unary_op(NEG, 0.0)
+
+    def __pow__(self, exponent, modulo):
+        if not isinstance(self, Matrix):
+            return NotImplemented
+        if modulo is not None or not isinstance(exponent, numbers.Real):
+            raise TypeError(f"Matrix ** needs a number exponent, got {type(exponent).__name__}")
+        return self._unary_op(POW_SCALAR, exponent)
+
+    def exp(self):
+        """e ** x element-wise."""
+        return self._unary_op(EXP, 0.0)
+
+    def log(self):
+        """Natural log element-wise (NaN below 0 and -inf at 0, as in NumPy)."""
+        return self._unary_op(LOG, 0.0)
+
+    def relu(self):
+        """max(x, 0) element-wise."""
+        return self._unary_op(RELU, 0.0)
+
+    def relu_mask(self):
+        """1 where x > 0, else 0: the derivative of relu."""
+        return self._unary_op(RELU_MASK, 0.0)
+
+    def relu_grad(self, grad):
+        """grad where self > 0, else 0: relu's backward in one pass (self is relu's input)."""
+        cdef Matrix g = _same_kind(self, grad, "relu_grad")
+        _check_same_shape(self, g, "relu_grad")
+        cdef Matrix out = _empty(self.rows, self.cols, self.is64)
+        with nogil:
+            if self.is64:
+                _relu_grad(self.f64, g.f64, out.f64)
+            else:
+                _relu_grad(self.f32, g.f32, out.f32)
+        return out
+
+    # -- reductions (results keep two dimensions)
+    cdef Matrix _reduce_op(self, int op, axis):
+        cdef int ax = _check_axis(axis)
+        cdef Matrix out = _empty(1 if ax != 1 else self.rows, 1 if ax != 0 else self.cols, self.is64)
+        with nogil:
+            if self.is64:
+                _reduce(op, ax, self.f64, out.f64)
+            else:
+                _reduce(op, ax, self.f32, out.f32)
+        return out
+
+    def sum(self, axis=None):
+        """Sum over everything (1x1), axis 0 (1, cols) or axis 1 (rows, 1); accumulated in float64."""
+        return self._reduce_op(SUM, axis)
+
+    def max(self, axis=None):
+        """Maximum over everything (1x1), axis 0 (1, cols) or axis 1 (rows, 1); NaN propagates."""
+        return self._reduce_op(MAX, axis)
+
+    def argmax(self, axis=0):
+        """Index of the first maximum along axis 0 (shape (1, cols)) or 1 (shape (rows, 1)), as int64."""
+        cdef int ax = _check_axis(axis)
+        if ax == ALL:
+            raise ValueError("argmax needs axis 0 or 1")
+        if ax == 0:
+            result = np.empty((1, self.cols), dtype=np.intp)
+        else:
+            result = np.empty((self.rows, 1), dtype=np.intp)
+        cdef Py_ssize_t[:, ::1] out = result
+        with nogil:
+            if self.is64:
+                _argmax(ax, self.f64, out)
+            else:
+                _argmax(ax, self.f32, out)
+        return result
+
+    def log_softmax(self, axis=0):
+        """x - log(sum(exp(x))) along axis (0: each column is a distribution), max-shifted."""
+        cdef int ax = _check_axis(axis)
+        if ax == ALL:
+            raise ValueError("log_softmax needs axis 0 or 1")
+        cdef Matrix out = _empty(self.rows, self.cols, self.is64)
+        with nogil:
+            if self.is64:
+                _log_softmax(ax, self.f64, out.f64)
+            else:
+                _log_softmax(ax, self.f32, out.f32)
+        return out
+
+    def log_softmax_grad(self, grad, axis=0):
+        """The backward of log_softmax: grad - exp(self) * sum(grad, axis), self being its output."""
+        cdef int ax = _check_axis(axis)
+        if ax == ALL:
+            raise ValueError("log_softmax_grad needs axis 0 or 1")
+        cdef Matrix g = _same_kind(self, grad, "log_softmax_grad")
+        _check_same_shape(self, g, "log_softmax_grad")
+        cdef Matrix out = _empty(self.rows, self.cols, self.is64)
+        with nogil:
+            if self.is64:
+                _log_softmax_grad(ax, self.f64, g.f64, out.f64)
+            else:
+                _log_softmax_grad(ax, self.f32, g.f32, out.f32)
+        return out
+
+    # -- in place (PyTorch's trailing underscore); each returns self
+    cdef Matrix _update_op(self, int kind, double alpha, Matrix x):
+        with nogil:
+            if self.is64:
+                _update(kind, alpha, x.f64 if x is not None else self.f64, self.f64)
+            else:
+                _update(kind, alpha, x.f32 if x is not None else self.f32, self.f32)
+        return self
+
+    def axpy_(self, double alpha, x):
+        """self += alpha * x (same shape and dtype): gradient accumulation and SGD steps."""
+        cdef Matrix m = _same_kind(self, x, "axpy_")
+        _check_same_shape(self, m, "axpy_")
+        return self._update_op(0, alpha, m)
+
+    def scale_(self, double alpha):
+        """self *= alpha."""
+        return self._update_op(1, alpha, None)
+
+    def fill_(self, double value):
+        """Set every element to value."""
+        return self._update_op(2, value, None)
+
+    def zero_(self):
+        """Set every element to 0."""
+        return self._update_op(2, 0.0, None)
+
+    def copy_(self, x):
+        """Copy x's values into self (same shape and dtype)."""
+        cdef Matrix m = _same_kind(self, x, "copy_")
+        _check_same_shape(self, m, "copy_")
+        return self._update_op(3, 0.0, m)
+
+
+cdef _check_same_shape(Matrix a, Matrix b, str what):
+    if a.rows != b.rows or a.cols != b.cols:
+        raise ValueError(f"{what}: shapes {_shape_str(a)} and {_shape_str(b)} must be equal")
+
+
+cdef Matrix _output(out, Py_ssize_t rows, Py_ssize_t cols, bint is64, str what):
+    """The matrix to write a result into: out (checked) or a new one."""
+    cdef Matrix m
+    if out is None:
+        return _empty(rows, cols, is64)
+    if not isinstance(out, Matrix):
+        raise TypeError(f"{what}: out must be a Matrix, got {type(out).__name__}")
+    m = <Matrix>out
+    if m.rows != rows or m.cols != cols or m.is64 != is64:
+        raise ValueError(f"{what}: out has shape {_shape_str(m)} and dtype {m.array.dtype}, "
+                         f"the result needs ({rows}, {cols}) and {'float64' if is64 else 'float32'}")
+    return m
+
+
+def argmax(Matrix x, axis=0):
+    """Index of the first maximum of x along axis 0 or 1 (see Matrix.argmax)."""
+    return x.argmax(axis)

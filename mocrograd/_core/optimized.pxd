@@ -1,0 +1,2 @@
+# The optimized variant: vectorizable, blocked, OpenMP-parallel. Signatures in kernels.pxi.
+include "kernels.pxi"

@@ -1,0 +1,467 @@
+"""The optimized kernels: the same signatures as naive.pyx, made fast.
+
+Three ideas, used everywhere:
+  * the innermost loop runs over contiguous memory with no branch the compiler
+    cannot hoist, so GCC/Clang vectorize it (-O3);
+  * the output is cut into ``workers`` chunks of independent rows, columns or
+    tiles, run by ``prange`` on at most ``threads_for(workers)`` OpenMP threads;
+  * every output element is computed by exactly one chunk, in an order that does
+    not depend on the chunking, so results are bit-identical for any worker count.
+Matmul adds cache blocking over k, a packed panel of B and a register tile.
+"""
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.math cimport exp, expf, log, logf, pow, powf, INFINITY
+from libc.stdlib cimport malloc, free
+
+from .ops cimport *
+from .parallel cimport threads_for, split
+
+# Matmul blocking. The register tile is MR rows x NR columns of the output
+# (8 x 32 floats = 16 AVX-512 registers); a k-block is KC deep, so a packed
+# KC x NR strip of B (32 KB) stays in L1/L2 while a tile is computed.
+cdef enum:
+    MR = 8
+    NR = 32
+    KC = 256
+    LANES = 16   # independent partial sums in a vectorized reduction
+
+
+# ---------------------------------------------------------------- matmul
+
+cdef inline void _micro_tile(Py_ssize_t kc, const floating* a, Py_ssize_t sai, Py_ssize_t sap,
+                             const floating* bp, floating* c, Py_ssize_t ldc,
+                             Py_ssize_t mr, Py_ssize_t nr, bint overwrite) noexcept nogil:
+    """c[:mr, :nr] (+)= a[:MR, :kc] @ bp[:kc, :NR] with the MR x NR sums in registers."""
+    cdef floating acc[MR * NR]
+    cdef floating a_ip
+    cdef Py_ssize_t i, j, p
+    for i in range(MR * NR):
+        acc[i] = 0
+    for p in range(kc):
+        for i in range(MR):
+            a_ip = a[i * sai + p * sap]
+            for j in range(NR):
+                acc[i * NR + j] += a_ip * bp[p * NR + j]
+    if overwrite:
+        for i in range(mr):
+            for j in range(nr):
+                c[i * ldc + j] = acc[i * NR + j]
+    else:
+        for i in range(mr):
+            for j in range(nr):
+                c[i * ldc + j] += acc[i * NR + j]
+
+
+cdef inline void _pack_b(const floating* b, Py_ssize_t sbp, Py_ssize_t sbj, Py_ssize_t kc,
+                         Py_ssize_t nr, floating* bp) noexcept nogil:
+    """Copy a kc x nr block of op(B) into a contiguous kc x NR strip, zero-padded."""
+    cdef Py_ssize_t p, j
+    for p in range(kc):
+        for j in range(nr):
+            bp[p * NR + j] = b[p * sbp + j * sbj]
+        for j in range(nr, NR):
+            bp[p * NR + j] = 0
+
+
+cdef inline void _tiles(Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t n_strips, Py_ssize_t m, Py_ssize_t n,
+                        Py_ssize_t kc, const floating* a, Py_ssize_t sai, Py_ssize_t sap,
+                        const floating* bp, floating* c, bint overwrite) noexcept nogil:
+    """Compute output tiles lo..hi-1 (row block major) for one k-block."""
+    cdef floating a_edge[MR * KC]
+    cdef Py_ssize_t t, i0, j0, mr, nr, i, p
+    for t in range(lo, hi):
+        i0 = (t // n_strips) * MR
+        j0 = (t % n_strips) * NR
+        mr = min(<Py_ssize_t>MR, m - i0)
+        nr = min(<Py_ssize_t>NR, n - j0)
+        if mr == MR:
+            _micro_tile(kc, a + i0 * sai, sai, sap, bp + (t % n_strips) * kc * NR,
+                        c + i0 * n + j0, n, mr, nr, overwrite)
+        else:  # the last rows: pad them with zeros to a full tile
+            for p in range(kc):
+                for i in range(MR):
+                    a_edge[p * MR + i] = a[(i0 + i) * sai + p * sap] if i < mr else 0
+            _micro_tile(kc, a_edge, 1, MR, bp + (t % n_strips) * kc * NR,
+                        c + i0 * n + j0, n, mr, nr, overwrite)
+
+
+cdef int matmul(const floating[:, ::1] a, bint trans_a, const floating[:, ::1] b, bint trans_b,
+                floating[:, ::1] out, bint accumulate, int workers) noexcept nogil:
+    cdef Py_ssize_t m = out.shape[0], n = out.shape[1]
+    cdef Py_ssize_t k = a.shape[0] if trans_a else a.shape[1]
+    # op(a)[i, p] = pa[i * sai + p * sap]; op(b)[p, j] = pb[p * sbp + j * sbj]
+    cdef Py_ssize_t sai = 1 if trans_a else k, sap = m if trans_a else 1
+    cdef Py_ssize_t sbp = 1 if trans_b else n, sbj = k if trans_b else 1
+    cdef Py_ssize_t n_strips = (n + NR - 1) // NR, n_tiles = ((m + MR - 1) // MR) * n_strips
+    cdef Py_ssize_t pc, kc, s, lo, hi
+    cdef int chunk, n_threads = threads_for(workers)
+    cdef floating* bp
+    if m == 0 or n == 0:
+        return 0
+    if k == 0:
+        if not accumulate:
+            fill(0.0, out, workers)
+        return 0
+    bp = <floating*>malloc(n_strips * min(k, <Py_ssize_t>KC) * NR * sizeof(floating))
+    if bp == NULL:
+        return -1
+    pc = 0
+    while pc < k:   # k-blocks in a fixed order: the summation order never depends on workers
+        kc = min(<Py_ssize_t>KC, k - pc)
+        for s in prange(n_strips, nogil=True, num_threads=n_threads, schedule='static'):
+            _pack_b(&b[0, 0] + pc * sbp + s * NR * sbj, sbp, sbj, kc,
+                    min(<Py_ssize_t>NR, n - s * NR), bp + s * kc * NR)
+        for chunk in prange(workers, nogil=True, num_threads=n_threads, schedule='static'):
+            lo = (n_tiles * chunk) // workers
+            hi = (n_tiles * (chunk + 1)) // workers
+            _tiles(lo, hi, n_strips, m, n, kc, &a[0, 0] + pc * sap, sai, sap, bp,
+                   &out[0, 0], pc == 0 and not accumulate)
+        pc += kc
+    free(bp)
+    return 0
+
+
+# ---------------------------------------------------------- element-wise
+
+cdef inline floating _binary_op(int op, floating a, floating b) noexcept nogil:
+    if op == ADD:
+        return a + b
+    if op == SUB:
+        return a - b
+    if op == MUL:
+        return a * b
+    return a / b
+
+
+cdef inline void _binary_run(int op, const floating* a, bint a_full, const floating* b, bint b_full,
+                             floating* out, Py_ssize_t n) noexcept nogil:
+    """out[:n] = a op b over a run where each operand is either full or one repeated value."""
+    cdef Py_ssize_t j
+    cdef floating av = a[0], bv = b[0]
+    if a_full and b_full:
+        for j in range(n):
+            out[j] = _binary_op(op, a[j], b[j])
+    elif a_full:
+        for j in range(n):
+            out[j] = _binary_op(op, a[j], bv)
+    elif b_full:
+        for j in range(n):
+            out[j] = _binary_op(op, av, b[j])
+    else:
+        for j in range(n):
+            out[j] = _binary_op(op, av, bv)
+
+
+cdef void binary(int op, const floating[:, ::1] a, const floating[:, ::1] b,
+                 floating[:, ::1] out, int workers) noexcept nogil:
+    cdef Py_ssize_t rows = out.shape[0], cols = out.shape[1], size = rows * cols, i, lo, hi
+    cdef bint a_rows = a.shape[0] > 1, a_cols = a.shape[1] > 1
+    cdef bint b_rows = b.shape[0] > 1, b_cols = b.shape[1] > 1
+    cdef int chunk, n_threads = threads_for(workers)
+    if size == 0:
+        return
+    cdef bint a_whole = a.shape[0] == rows and a.shape[1] == cols
+    cdef bint b_whole = b.shape[0] == rows and b.shape[1] == cols
+    if (a_whole or a.shape[0] * a.shape[1] == 1) and (b_whole or b.shape[0] * b.shape[1] == 1):
+        # each operand is whole or a single value: the matrix is one run of `size` elements
+        for chunk in prange(workers, nogil=True, num_threads=n_threads, schedule='static'):
+            lo = (size * chunk) // workers
+            hi = (size * (chunk + 1)) // workers
+            if hi > lo:
+                _binary_run(op, &a[0, 0] + (lo if a_whole else 0), a_whole,
+                            &b[0, 0] + (lo if b_whole else 0), b_whole,
+                            &out[0, 0] + lo, hi - lo)
+    else:
+        for chunk in prange(workers, nogil=True, num_threads=n_threads, schedule='static'):
+            lo = (rows * chunk) // workers
+            hi = (rows * (chunk + 1)) // workers
+            for i in range(lo, hi):
+                _binary_run(op, &a[i * a_rows, 0], a_cols, &b[i * b_rows, 0], b_cols,
+                            &out[i, 0], cols)
+
+
+cdef inline void _unary_run(int op, const floating* x, floating s, floating* out, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t j
+    if op == ADD_SCALAR:
+        for j in range(n):
+            out[j] = x[j] + s
+    elif op == MUL_SCALAR:
+        for j in range(n):
+            out[j] = x[j] * s
+    elif op == POW_SCALAR:
+        if s == 2:
+            for j in range(n):
+                out[j] = x[j] * x[j]
+        else:
+            for j in range(n):
+                out[j] = powf(x[j], s) if floating is float else pow(x[j], s)
+    elif op == RDIV_SCALAR:
+        for j in range(n):
+            out[j] = s / x[j]
+    elif op == NEG:
+        for j in range(n):
+            out[j] = -x[j]
+    elif op == EXP:
+        for j in range(n):
+            out[j] = expf(x[j]) if floating is float else exp(x[j])
+    elif op == LOG:
+        for j in range(n):
+            out[j] = logf(x[j]) if floating is float else log(x[j])
+    elif op == RELU:
+        for j in range(n):
+            out[j] = x[j] if x[j] > 0 else 0
+    else:  # RELU_MASK
+        for j in range(n):
+            out[j] = 1 if x[j] > 0 else 0
+
+
+cdef void unary(int op, const floating[:, ::1] x, double scalar,
+                floating[:, ::1] out, int workers) noexcept nogil:
+    cdef Py_ssize_t size = x.shape[0] * x.shape[1], lo, hi
+    cdef int chunk
+    if size == 0:
+        return
+    for chunk in prange(workers, nogil=True, num_threads=threads_for(workers), schedule='static'):
+        lo = (size * chunk) // workers
+        hi = (size * (chunk + 1)) // workers
+        if hi > lo:
+            _unary_run(op, &x[0, 0] + lo, <floating>scalar, &out[0, 0] + lo, hi - lo)
+
+
+cdef inline void _relu_grad_run(const floating* x, const floating* g, floating* out, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t j
+    for j in range(n):
+        out[j] = g[j] if x[j] > 0 else 0
+
+
+cdef void relu_grad(const floating[:, ::1] x, const floating[:, ::1] g,
+                    floating[:, ::1] out, int workers) noexcept nogil:
+    cdef Py_ssize_t size = x.shape[0] * x.shape[1], lo, hi
+    cdef int chunk
+    if size == 0:
+        return
+    for chunk in prange(workers, nogil=True, num_threads=threads_for(workers), schedule='static'):
+        lo = (size * chunk) // workers
+        hi = (size * (chunk + 1)) // workers
+        if hi > lo:
+            _relu_grad_run(&x[0, 0] + lo, &g[0, 0] + lo, &out[0, 0] + lo, hi - lo)
+
+
+# ------------------------------------------------------------ reductions
+
+cdef inline double _max_nan(double best, double v) noexcept nogil:
+    """max that propagates NaN, as NumPy's max does."""
+    if v > best or v != v:
+        return v
+    return best
+
+
+cdef inline double _reduce_run(int op, const floating* x, Py_ssize_t n) noexcept nogil:
+    """Sum (in double, LANES independent partial sums, vectorizable) or max of x[:n]."""
+    cdef double part[LANES]
+    cdef double total
+    cdef Py_ssize_t j, l, body = n - n % LANES
+    if op == MAX:
+        total = -INFINITY
+        for j in range(n):
+            total = _max_nan(total, x[j])
+        return total
+    for l in range(LANES):
+        part[l] = 0.0
+    for j in range(body // LANES):
+        for l in range(LANES):
+            part[l] += x[j * LANES + l]
+    total = 0.0
+    for l in range(LANES):
+        total += part[l]
+    for j in range(body, n):
+        total += x[j]
+    return total
+
+
+cdef inline void _column_reduce(int op, const floating* x, Py_ssize_t rows, Py_ssize_t cols,
+                                Py_ssize_t lo, Py_ssize_t hi, double* acc, floating* out) noexcept nogil:
+    """out[lo:hi] = reduction down the columns lo..hi-1, one row at a time (contiguous)."""
+    cdef Py_ssize_t i, j
+    for j in range(lo, hi):
+        acc[j - lo] = 0.0 if op == SUM else -INFINITY
+    for i in range(rows):
+        if op == SUM:
+            for j in range(lo, hi):
+                acc[j - lo] += x[i * cols + j]
+        else:
+            for j in range(lo, hi):
+                acc[j - lo] = _max_nan(acc[j - lo], x[i * cols + j])
+    for j in range(lo, hi):
+        out[j] = <floating>acc[j - lo]
+
+
+cdef void reduce(int op, int axis, const floating[:, ::1] x,
+                 floating[:, ::1] out, int workers) noexcept nogil:
+    cdef Py_ssize_t rows = x.shape[0], cols = x.shape[1], i, lo, hi
+    cdef int chunk, n_threads = threads_for(workers)
+    cdef double* acc
+    cdef double total
+    if axis == 0:
+        for chunk in prange(workers, nogil=True, num_threads=n_threads, schedule='static'):
+            lo = (cols * chunk) // workers
+            hi = (cols * (chunk + 1)) // workers
+            if hi > lo:
+                acc = <double*>malloc((hi - lo) * sizeof(double))
+                if acc != NULL:
+                    _column_reduce(op, &x[0, 0], rows, cols, lo, hi, acc, &out[0, 0])
+                    free(acc)
+                else:  # out of memory for the partial sums: one column at a time
+                    for i in range(lo, hi):
+                        _column_reduce(op, &x[0, 0], rows, cols, i, i + 1, &total, &out[0, 0])
+        return
+    if axis == 1:
+        for chunk in prange(workers, nogil=True, num_threads=n_threads, schedule='static'):
+            lo = (rows * chunk) // workers
+            hi = (rows * (chunk + 1)) // workers
+            for i in range(lo, hi):
+                out[i, 0] = <floating>_reduce_run(op, &x[i, 0], cols)
+        return
+    # ALL: one partial per row (in parallel), combined in row order, so the
+    # result does not depend on the number of workers.
+    acc = <double*>malloc(rows * sizeof(double)) if rows > 0 else NULL
+    if acc == NULL:
+        out[0, 0] = <floating>_reduce_run(op, &x[0, 0], rows * cols) if rows * cols > 0 else \
+            (0 if op == SUM else -INFINITY)
+        return
+    for chunk in prange(workers, nogil=True, num_threads=n_threads, schedule='static'):
+        lo = (rows * chunk) // workers
+        hi = (rows * (chunk + 1)) // workers
+        for i in range(lo, hi):
+            acc[i] = _reduce_run(op, &x[i, 0], cols)
+    total = 0.0 if op == SUM else -INFINITY
+    for i in range(rows):
+        total = total + acc[i] if op == SUM else _max_nan(total, acc[i])
+    free(acc)
+    out[0, 0] = <floating>total
+
+
+cdef void argmax(int axis, const floating[:, ::1] x, Py_ssize_t[:, ::1] out, int workers) noexcept nogil:
+    cdef Py_ssize_t rows = x.shape[0], cols = x.shape[1], i, j, lo, hi, best
+    cdef int chunk, n_threads = threads_for(workers)
+    if axis == 0:
+        for chunk in prange(workers, nogil=True, num_threads=n_threads, schedule='static'):
+            lo = (cols * chunk) // workers
+            hi = (cols * (chunk + 1)) // workers
+            for j in range(lo, hi):
+                out[0, j] = 0
+            for i in range(1, rows):
+                for j in range(lo, hi):
+                    if x[i, j] > x[out[0, j], j]:
+                        out[0, j] = i
+    else:
+        for chunk in prange(workers, nogil=True, num_threads=n_threads, schedule='static'):
+            lo = (rows * chunk) // workers
+            hi = (rows * (chunk + 1)) // workers
+            for i in range(lo, hi):
+                best = 0
+                for j in range(1, cols):
+                    if x[i, j] > x[i, best]:
+                        best = j
+                out[i, 0] = best
+
+
+cdef inline void _log_softmax_vector(const floating* x, const floating* g, Py_ssize_t n, Py_ssize_t stride,
+                                     floating* out) noexcept nogil:
+    """log_softmax of one vector x[0], x[stride], ... (g == NULL), or, with g, its backward
+    where x holds the forward output y: out = g - exp(y) * sum(g)."""
+    cdef Py_ssize_t i
+    cdef double top = -INFINITY, total = 0.0, shift
+    if g != NULL:
+        for i in range(n):
+            total += g[i * stride]
+        for i in range(n):
+            out[i * stride] = <floating>(g[i * stride] - exp(x[i * stride]) * total)
+        return
+    for i in range(n):
+        top = _max_nan(top, x[i * stride])
+    for i in range(n):
+        total += exp(x[i * stride] - top)
+    shift = top + log(total)
+    for i in range(n):
+        out[i * stride] = <floating>(x[i * stride] - shift)
+
+
+cdef void _log_softmax_all(int axis, const floating[:, ::1] x, const floating* g,
+                           floating[:, ::1] out, int workers) noexcept nogil:
+    # The vectors are the columns (axis 0) or the rows (axis 1); each is one chunk's work.
+    cdef Py_ssize_t rows = x.shape[0], cols = x.shape[1], v, lo, hi
+    cdef Py_ssize_t n_vectors = cols if axis == 0 else rows
+    cdef Py_ssize_t length = rows if axis == 0 else cols
+    cdef Py_ssize_t step = 1 if axis == 0 else cols    # from one vector to the next
+    cdef Py_ssize_t stride = cols if axis == 0 else 1  # within a vector
+    cdef int chunk
+    if rows * cols == 0:
+        return
+    for chunk in prange(workers, nogil=True, num_threads=threads_for(workers), schedule='static'):
+        lo = (n_vectors * chunk) // workers
+        hi = (n_vectors * (chunk + 1)) // workers
+        for v in range(lo, hi):
+            _log_softmax_vector(&x[0, 0] + v * step, (g + v * step) if g != NULL else NULL,
+                                length, stride, &out[0, 0] + v * step)
+
+
+cdef void log_softmax(int axis, const floating[:, ::1] x, floating[:, ::1] out, int workers) noexcept nogil:
+    _log_softmax_all(axis, x, NULL, out, workers)
+
+
+cdef void log_softmax_grad(int axis, const floating[:, ::1] y, const floating[:, ::1] g,
+                           floating[:, ::1] out, int workers) noexcept nogil:
+    if y.shape[0] * y.shape[1] > 0:
+        _log_softmax_all(axis, y, &g[0, 0], out, workers)
+
+
+# ---------------------------------------------------------------- in place
+
+cdef inline void _update_run(int kind, double alpha, const floating* x, floating* y, Py_ssize_t n) noexcept nogil:
+    """kind 0: y += alpha x; 1: y *= alpha; 2: y = alpha; 3: y = x."""
+    cdef Py_ssize_t j
+    cdef floating a = <floating>alpha
+    if kind == 0:
+        for j in range(n):
+            y[j] += a * x[j]
+    elif kind == 1:
+        for j in range(n):
+            y[j] *= a
+    elif kind == 2:
+        for j in range(n):
+            y[j] = a
+    else:
+        for j in range(n):
+            y[j] = x[j]
+
+
+cdef void _update(int kind, double alpha, const floating* x, floating[:, ::1] y, int workers) noexcept nogil:
+    cdef Py_ssize_t size = y.shape[0] * y.shape[1], lo, hi
+    cdef int chunk
+    if size == 0:
+        return
+    for chunk in prange(workers, nogil=True, num_threads=threads_for(workers), schedule='static'):
+        lo = (size * chunk) // workers
+        hi = (size * (chunk + 1)) // workers
+        if hi > lo:
+            _update_run(kind, alpha, (x + lo) if x != NULL else NULL, &y[0, 0] + lo, hi - lo)
+
+
+cdef void axpy(double alpha, const floating[:, ::1] x, floating[:, ::1] y, int workers) noexcept nogil:
+    if y.shape[0] * y.shape[1] > 0:
+        _update(0, alpha, &x[0, 0], y, workers)
+
+
+cdef void scale(double alpha, floating[:, ::1] y, int workers) noexcept nogil:
+    _update(1, alpha, NULL, y, workers)
+
+
+cdef void fill(double value, floating[:, ::1] y, int workers) noexcept nogil:
+    _update(2, value, NULL, y, workers)
+
+
+cdef void copy(const floating[:, ::1] x, floating[:, ::1] y, int workers) noexcept nogil:
+    if y.shape[0] * y.shape[1] > 0:
+        _update(3, 0.0, &x[0, 0], y, workers)

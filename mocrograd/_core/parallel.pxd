@@ -1,0 +1,6 @@
+# Thread-count policy of the core, in one place.
+
+cdef int available_threads() noexcept nogil
+cdef int threads_for(int workers) noexcept nogil
+cdef int dynamic_workers(double work) noexcept nogil
+cdef void split(Py_ssize_t n, int chunks, int chunk, Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil

@@ -1,0 +1,83 @@
+"""Thread-count policy of the core, in one place.
+
+A *worker* is one independent share of a kernel's output (a block of rows, a
+block of columns, a tile). ``workers`` chunks are run by at most
+``available_threads()`` OpenMP threads, as the original library's
+``parallelize(num_work_items)`` ran its work items on a pool of one thread per
+core: asking for 256 workers on 2 cores makes 256 small chunks, not 256 threads
+fighting for 2 cores.
+"""
+import os
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    #define MOCRO_OPENMP 1
+    #else
+    #define MOCRO_OPENMP 0
+    static int omp_get_max_threads(void) { return 1; }
+    #endif
+    """
+    int MOCRO_OPENMP
+    int omp_get_max_threads() noexcept nogil
+
+# Work (in multiply-adds or element operations) below which a second thread
+# costs more than it saves: waking an OpenMP team costs a few microseconds,
+# about as long as one core needs for this much work.
+cdef double WORK_PER_WORKER = 32768.0
+
+cdef int _threads = 0
+
+
+cdef int available_threads() noexcept nogil:
+    """Threads the core may use: OMP_NUM_THREADS if set, otherwise the usable cores."""
+    return _threads
+
+
+cdef int threads_for(int workers) noexcept nogil:
+    """OpenMP threads that run ``workers`` chunks: never more than available."""
+    if workers < 1:
+        return 1
+    return workers if workers < _threads else _threads
+
+
+cdef int dynamic_workers(double work) noexcept nogil:
+    """Workers for a kernel of ``work`` operations: 1 for tiny work, up to one per thread."""
+    cdef double n = work / WORK_PER_WORKER
+    if n <= 1.0:
+        return 1
+    if n >= _threads:
+        return _threads
+    return <int>n
+
+
+cdef void split(Py_ssize_t n, int chunks, int chunk, Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
+    """Bounds [lo, hi) of chunk ``chunk`` when ``n`` items are cut into ``chunks`` even parts."""
+    lo[0] = (n * chunk) // chunks
+    hi[0] = (n * (chunk + 1)) // chunks
+
+
+def openmp_enabled():
+    """True when the core was compiled with OpenMP (otherwise every kernel is single-threaded)."""
+    return bool(MOCRO_OPENMP)
+
+
+def cpu_count():
+    """Threads the core uses at most: ``OMP_NUM_THREADS`` when set, else the cores this process may use."""
+    return _threads
+
+
+def _detect_threads():
+    if not MOCRO_OPENMP:
+        return 1
+    if os.environ.get("OMP_NUM_THREADS", "").strip():
+        return max(1, omp_get_max_threads())
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, omp_get_max_threads()))
+
+
+_threads = _detect_threads()
