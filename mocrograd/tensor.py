@@ -1,0 +1,283 @@
+"""Tensor: a Matrix that remembers how it was computed, for reverse-mode autograd.
+
+Each operation below is one block: compute the result with one core call, then
+(when a gradient is needed) attach a ``_backward`` rule that maps the result's
+gradient to the gradients of its inputs, also with core calls. ``backward()``
+orders the graph (iteratively: deep networks never hit the recursion limit) and
+applies the rules from the output back to the leaves.
+
+Gradients accumulate: each backward pass *adds* to the ``.grad`` of the leaf
+tensors (tensors created by the user with ``requires_grad=True``) until
+``zero_grad`` clears them, as in PyTorch. Intermediate results do not keep a
+``.grad``; the graph is freed when backward finishes.
+"""
+import contextlib
+import numbers
+
+import numpy as np
+
+from ._core import Matrix
+
+_grad_enabled = True
+
+
+class no_grad(contextlib.ContextDecorator):
+    """Context manager and decorator: no graph is recorded inside (inference, optimizer steps)."""
+
+    def __enter__(self):
+        global _grad_enabled
+        self._previous = _grad_enabled
+        _grad_enabled = False
+
+    def __exit__(self, *exc):
+        global _grad_enabled
+        _grad_enabled = self._previous
+        return False
+
+
+def is_grad_enabled():
+    """False inside ``no_grad()``."""
+    return _grad_enabled
+
+
+def _freed(grad):
+    raise RuntimeError("backward() through a graph that was already freed by an earlier backward(); "
+                       "compute the result again before calling backward() a second time")
+
+
+def _unbroadcast(grad, shape):
+    """Sum grad over the dimensions an operand of ``shape`` was broadcast along."""
+    if grad.shape == shape:
+        return grad
+    if shape == (1, 1):
+        return grad.sum()
+    return grad.sum(axis=0) if shape[0] == 1 else grad.sum(axis=1)
+
+
+class Tensor:
+    """A 2-D float32/float64 array with reverse-mode automatic differentiation.
+
+    ``Tensor(data, requires_grad=False, dtype=None)`` takes a Matrix (shared, not
+    copied), a 2-D NumPy array, nested lists or a Python number (a 1x1 tensor).
+    """
+
+    __slots__ = ("data", "grad", "requires_grad", "_prev", "_backward", "_op", "__weakref__")
+
+    def __init__(self, data, requires_grad=False, dtype=None):
+        if isinstance(data, Tensor):
+            data = data.data
+        if isinstance(data, numbers.Real) and not isinstance(data, np.ndarray):
+            data = [[data]]
+        self.data = data if isinstance(data, Matrix) and dtype is None else Matrix(data, dtype)
+        self.grad = None                    # a Tensor once a backward pass reaches this leaf
+        self.requires_grad = bool(requires_grad)
+        self._prev = ()                     # the tensors this one was computed from
+        self._backward = None               # grad of self -> tuple of grads of _prev (None for leaves)
+        self._op = ""                       # the operation's name, for repr and debugging
+
+    @classmethod
+    def _result(cls, data, op, parents, backward):
+        """The output of an operation; the graph is recorded only when a parent needs a gradient."""
+        out = cls.__new__(cls)
+        out.data = data
+        out.grad = None
+        out._op = op
+        if _grad_enabled and any(p.requires_grad for p in parents):
+            out.requires_grad = True
+            out._prev = parents
+            out._backward = backward
+        else:
+            out.requires_grad = False
+            out._prev = ()
+            out._backward = None
+        return out
+
+    # ------------------------------------------------------------ basics
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    def numpy(self):
+        """The values as a NumPy array (a view of the data: do not write to it during training)."""
+        return self.data.numpy()
+
+    def item(self):
+        """The value of a 1x1 tensor as a Python float."""
+        if self.data.shape != (1, 1):
+            raise ValueError(f"item() needs a 1x1 tensor, this one has shape {self.data.shape}")
+        return float(self.data.numpy()[0, 0])
+
+    def detach(self):
+        """The same data, cut from the graph."""
+        return Tensor(self.data)
+
+    def zero_grad(self):
+        """Forget the accumulated gradient."""
+        self.grad = None
+
+    def __repr__(self):
+        values = np.array2string(self.data.numpy(), precision=4, threshold=24, edgeitems=2, prefix="Tensor(")
+        extra = f", op={self._op!r}" if self._op else (", requires_grad=True" if self.requires_grad else "")
+        return f"Tensor({values}{extra})"
+
+    # ------------------------------------------------------- arithmetic
+    def __matmul__(self, other):
+        other = _as_tensor(other, self)
+        a, b = self.data, other.data
+        return Tensor._result(a @ b, "matmul", (self, other), lambda g: (
+            g.matmul(b, trans_b=True) if self.requires_grad else None,   # dA = G B^T
+            a.matmul(g, trans_a=True) if other.requires_grad else None)) # dB = A^T G
+
+    def __add__(self, other):
+        other = _as_tensor(other, self)
+        sa, sb = self.shape, other.shape
+        return Tensor._result(self.data + other.data, "add", (self, other),
+                              lambda g: (_unbroadcast(g, sa), _unbroadcast(g, sb)))
+
+    def __sub__(self, other):
+        other = _as_tensor(other, self)
+        sa, sb = self.shape, other.shape
+        return Tensor._result(self.data - other.data, "sub", (self, other),
+                              lambda g: (_unbroadcast(g, sa), _unbroadcast(-g, sb)))
+
+    def __mul__(self, other):
+        other = _as_tensor(other, self)
+        a, b = self.data, other.data
+        return Tensor._result(a * b, "mul", (self, other), lambda g: (
+            _unbroadcast(g * b, a.shape) if self.requires_grad else None,
+            _unbroadcast(g * a, b.shape) if other.requires_grad else None))
+
+    def __truediv__(self, other):
+        other = _as_tensor(other, self)
+        a, b = self.data, other.data
+        return Tensor._result(a / b, "div", (self, other), lambda g: (
+            _unbroadcast(g / b, a.shape) if self.requires_grad else None,
+            _unbroadcast(-(g * a) / (b * b), b.shape) if other.requires_grad else None))
+
+    def __pow__(self, exponent):
+        if not isinstance(exponent, numbers.Real):
+            raise TypeError(f"Tensor ** needs a number exponent, got {type(exponent).__name__}")
+        x = self.data
+        return Tensor._result(x ** exponent, f"pow {exponent}", (self,),
+                              lambda g: (g * (x ** (exponent - 1)) * exponent,))
+
+    def __neg__(self):
+        return Tensor._result(-self.data, "neg", (self,), lambda g: (-g,))
+
+    def __radd__(self, other):  # other + self
+        return _as_tensor(other, self) + self
+
+    def __rsub__(self, other):  # other - self
+        return _as_tensor(other, self) - self
+
+    def __rmul__(self, other):  # other * self
+        return _as_tensor(other, self) * self
+
+    def __rtruediv__(self, other):  # other / self
+        return _as_tensor(other, self) / self
+
+    # ------------------------------------------------------- reductions
+    def sum(self, axis=None):
+        """Sum over everything (1x1), axis 0 (1, cols) or axis 1 (rows, 1)."""
+        shape, dtype = self.shape, self.dtype
+        return Tensor._result(self.data.sum(axis), "sum", (self,),
+                              lambda g: (Matrix.zeros(*shape, dtype=dtype) + g,))
+
+    def mean(self, axis=None):
+        """Mean over everything (1x1), axis 0 (1, cols) or axis 1 (rows, 1)."""
+        rows, cols = self.shape
+        count = rows * cols if axis is None else (rows if axis in (0, -2) else cols)
+        return self.sum(axis) * (1.0 / count)
+
+    # ------------------------------------------------ element-wise maps
+    def relu(self):
+        x = self.data
+        return Tensor._result(x.relu(), "relu", (self,), lambda g: (x.relu_grad(g),))
+
+    def exp(self):
+        y = self.data.exp()
+        return Tensor._result(y, "exp", (self,), lambda g: (g * y,))
+
+    def log(self):
+        x = self.data
+        return Tensor._result(x.log(), "log", (self,), lambda g: (g / x,))
+
+    def log_softmax(self, axis=0):
+        """log(softmax) along axis; axis 0 (default): each column is one example's distribution."""
+        y = self.data.log_softmax(axis)
+        return Tensor._result(y, "log_softmax", (self,), lambda g: (y.log_softmax_grad(g, axis),))
+
+    # --------------------------------------------------------- backward
+    def backward(self, gradient=None):
+        """Accumulate d(self)/d(leaf) into the ``.grad`` of every leaf that requires a gradient.
+
+        ``self`` must be 1x1 unless ``gradient`` (a Tensor, Matrix or array of self's
+        shape) is given. The graph is freed afterwards.
+        """
+        if not self.requires_grad:
+            raise RuntimeError("backward() on a tensor that does not require a gradient "
+                               "(no input had requires_grad=True, or it was computed under no_grad())")
+        if gradient is None:
+            if self.shape != (1, 1):
+                raise ValueError(f"backward() without a gradient needs a 1x1 tensor, this one has shape "
+                                 f"{self.shape}; pass gradient= of that shape or reduce with .sum()")
+            seed = Matrix.full(1, 1, 1.0, dtype=self.dtype)
+        else:
+            seed = _as_tensor(gradient, self).data
+            if seed.shape != self.shape:
+                raise ValueError(f"backward(): gradient has shape {seed.shape}, the tensor has shape {self.shape}")
+        grads = {id(self): seed}
+        for node in _topological_order(self):
+            g = grads.pop(id(node), None)
+            if g is None:
+                continue
+            if node._backward is None:       # a leaf: accumulate into .grad
+                if node.grad is None:
+                    node.grad = Tensor(g.copy())
+                else:
+                    node.grad.data.axpy_(1.0, g)
+                continue
+            for parent, parent_grad in zip(node._prev, node._backward(g)):
+                if parent_grad is None or not parent.requires_grad:
+                    continue
+                key = id(parent)
+                grads[key] = grads[key] + parent_grad if key in grads else parent_grad
+            node._prev = ()                 # free the graph as we go
+            node._backward = _freed
+
+
+def _topological_order(root):
+    """Nodes reachable from root, each after all nodes computed from it (root first)."""
+    order, visited, stack = [], set(), [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if children_done:
+            order.append(node)
+            continue
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        stack.append((node, True))
+        for parent in node._prev:
+            if parent.requires_grad and id(parent) not in visited:
+                stack.append((parent, False))
+    order.reverse()
+    return order
+
+
+def _as_tensor(value, like):
+    """value as a Tensor of like's dtype: numbers become 1x1 constants."""
+    if isinstance(value, Tensor):
+        if value.dtype != like.dtype:
+            raise TypeError(f"operands have different dtypes ({like.dtype} and {value.dtype}); "
+                            "convert one with Tensor(x.data.astype(...))")
+        return value
+    if isinstance(value, numbers.Real):
+        return Tensor(Matrix.full(1, 1, value, dtype=like.dtype))
+    if isinstance(value, (Matrix, np.ndarray, list)):
+        return Tensor(value, dtype=like.dtype)
+    raise TypeError(f"expected a Tensor, Matrix, array or number, got {type(value).__name__}")
