@@ -44,3 +44,10 @@ cdef void axpy(double alpha, const floating[:, ::1] x, floating[:, ::1] y, int w
 cdef void scale(double alpha, floating[:, ::1] y, int workers) noexcept nogil
 cdef void fill(double value, floating[:, ::1] y, int workers) noexcept nogil
 cdef void copy(const floating[:, ::1] x, floating[:, ::1] y, int workers) noexcept nogil
+
+# One Adam step on every element: g' = g + weight_decay * p; m = b1 m + (1 - b1) g';
+# v = b2 v + (1 - b2) g'^2; p -= lr / c1 * m / (sqrt(v / c2) + eps), c1 and c2 being
+# the bias corrections 1 - b1^t and 1 - b2^t.
+cdef void adam(floating[:, ::1] p, const floating[:, ::1] g, floating[:, ::1] m, floating[:, ::1] v,
+               double lr, double beta1, double beta2, double eps, double correction1, double correction2,
+               double weight_decay, int workers) noexcept nogil

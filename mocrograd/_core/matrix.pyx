@@ -140,6 +140,14 @@ cdef void _update(int kind, double alpha, const floating[:, ::1] x, floating[:, 
         optimized.copy(x, y, w)
 
 
+cdef void _adam(floating[:, ::1] p, const floating[:, ::1] g, floating[:, ::1] m, floating[:, ::1] v,
+                double lr, double b1, double b2, double eps, double c1, double c2, double wd) noexcept nogil:
+    if _variant == NAIVE:
+        naive.adam(p, g, m, v, lr, b1, b2, eps, c1, c2, wd, 1)
+    else:
+        optimized.adam(p, g, m, v, lr, b1, b2, eps, c1, c2, wd, _workers_for(p.shape[0] * p.shape[1] * 8.0))
+
+
 # ------------------------------------------------------------ conversions
 
 _FLOAT32 = np.dtype(np.float32)
@@ -563,6 +571,23 @@ cdef class Matrix:
     def zero_(self):
         """Set every element to 0."""
         return self._update_op(2, 0.0, None)
+
+    def adam_(self, grad, m, v, double lr, double beta1, double beta2, double eps,
+              double correction1, double correction2, double weight_decay=0.0):
+        """One Adam step on self (the parameter) in place, updating the moments m and v too.
+
+        correction1/2 are the bias corrections 1 - beta1**t and 1 - beta2**t."""
+        cdef Matrix g = _same_kind(self, grad, "adam_")
+        cdef Matrix mm = _same_kind(self, m, "adam_")
+        cdef Matrix vv = _same_kind(self, v, "adam_")
+        for other in (g, mm, vv):
+            _check_same_shape(self, other, "adam_")
+        with nogil:
+            if self.is64:
+                _adam(self.f64, g.f64, mm.f64, vv.f64, lr, beta1, beta2, eps, correction1, correction2, weight_decay)
+            else:
+                _adam(self.f32, g.f32, mm.f32, vv.f32, lr, beta1, beta2, eps, correction1, correction2, weight_decay)
+        return self
 
     def copy_(self, x):
         """Copy x's values into self (same shape and dtype)."""

@@ -6,7 +6,7 @@ this one is what they should agree with. ``workers`` is accepted (the shared
 signature) and ignored.
 """
 from cython cimport floating
-from libc.math cimport exp, log, pow, INFINITY
+from libc.math cimport exp, log, pow, sqrt, INFINITY
 
 from .ops cimport *
 
@@ -209,3 +209,16 @@ cdef void copy(const floating[:, ::1] x, floating[:, ::1] y, int workers) noexce
     for i in range(y.shape[0]):
         for j in range(y.shape[1]):
             y[i, j] = x[i, j]
+
+
+cdef void adam(floating[:, ::1] p, const floating[:, ::1] g, floating[:, ::1] m, floating[:, ::1] v,
+               double lr, double beta1, double beta2, double eps, double correction1, double correction2,
+               double weight_decay, int workers) noexcept nogil:
+    cdef Py_ssize_t i, j
+    cdef double grad
+    for i in range(p.shape[0]):
+        for j in range(p.shape[1]):
+            grad = g[i, j] + weight_decay * p[i, j]
+            m[i, j] = <floating>(beta1 * m[i, j] + (1 - beta1) * grad)
+            v[i, j] = <floating>(beta2 * v[i, j] + (1 - beta2) * grad * grad)
+            p[i, j] = <floating>(p[i, j] - lr / correction1 * m[i, j] / (sqrt(v[i, j] / correction2) + eps))

@@ -11,7 +11,7 @@ Matmul adds cache blocking over k, a packed panel of B and a register tile.
 """
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport exp, expf, log, logf, pow, powf, INFINITY
+from libc.math cimport exp, expf, log, logf, pow, powf, sqrt, INFINITY
 from libc.stdlib cimport malloc, free
 
 from .ops cimport *
@@ -465,3 +465,31 @@ cdef void fill(double value, floating[:, ::1] y, int workers) noexcept nogil:
 cdef void copy(const floating[:, ::1] x, floating[:, ::1] y, int workers) noexcept nogil:
     if y.shape[0] * y.shape[1] > 0:
         _update(3, 0.0, &x[0, 0], y, workers)
+
+
+cdef inline void _adam_run(floating* p, const floating* g, floating* m, floating* v, Py_ssize_t n,
+                           floating lr, floating beta1, floating beta2, floating eps,
+                           floating correction2, floating weight_decay) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef floating grad
+    for j in range(n):
+        grad = g[j] + weight_decay * p[j]
+        m[j] = beta1 * m[j] + (1 - beta1) * grad
+        v[j] = beta2 * v[j] + (1 - beta2) * grad * grad
+        p[j] = p[j] - lr * m[j] / (sqrt(v[j] / correction2) + eps)
+
+
+cdef void adam(floating[:, ::1] p, const floating[:, ::1] g, floating[:, ::1] m, floating[:, ::1] v,
+               double lr, double beta1, double beta2, double eps, double correction1, double correction2,
+               double weight_decay, int workers) noexcept nogil:
+    cdef Py_ssize_t size = p.shape[0] * p.shape[1], lo, hi
+    cdef int chunk
+    if size == 0:
+        return
+    for chunk in prange(workers, nogil=True, num_threads=threads_for(workers), schedule='static'):
+        lo = (size * chunk) // workers
+        hi = (size * (chunk + 1)) // workers
+        if hi > lo:
+            _adam_run(&p[0, 0] + lo, &g[0, 0] + lo, &m[0, 0] + lo, &v[0, 0] + lo, hi - lo,
+                      <floating>(lr / correction1), <floating>beta1, <floating>beta2, <floating>eps,
+                      <floating>correction2, <floating>weight_decay)

@@ -1,0 +1,120 @@
+"""Module (the base of every layer and model) and Linear."""
+import numpy as np
+
+from .. import random
+from .._core import Matrix
+from ..tensor import Tensor
+
+
+class Module:
+    """Base class: finds its parameters by walking its attributes, like tinygrad's nn.state.
+
+    A subclass sets Tensor parameters, sub-Modules or lists of Modules as attributes
+    and defines ``forward``; calling the module calls ``forward``.
+    """
+
+    training = True
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} must define forward()")
+
+    def named_parameters(self, prefix=""):
+        """(name, Tensor) pairs in definition order, e.g. ('layers.0.weight', W)."""
+        for name, value in vars(self).items():
+            if isinstance(value, Tensor) and value.requires_grad:
+                yield prefix + name, value
+            elif isinstance(value, Module):
+                yield from value.named_parameters(f"{prefix}{name}.")
+            elif isinstance(value, (list, tuple)):
+                for i, item in enumerate(value):
+                    if isinstance(item, Module):
+                        yield from item.named_parameters(f"{prefix}{name}.{i}.")
+
+    def parameters(self):
+        """The trainable tensors, in definition order."""
+        return [p for _, p in self.named_parameters()]
+
+    def zero_grad(self, set_to_none=True):
+        """Clear the gradients of all parameters (to None, or to zeros keeping the buffers)."""
+        for p in self.parameters():
+            if set_to_none or p.grad is None:
+                p.grad = None
+            else:
+                p.grad.data.zero_()
+
+    def train(self, mode=True):
+        """Set training mode (and return self); ``eval()`` turns it off."""
+        self.training = mode
+        for value in vars(self).values():
+            children = value if isinstance(value, (list, tuple)) else [value]
+            for child in children:
+                if isinstance(child, Module):
+                    child.train(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def state_dict(self):
+        """name -> copy of the parameter's values as a 2-D NumPy array."""
+        return {name: p.numpy().copy() for name, p in self.named_parameters()}
+
+    def load_state_dict(self, state, strict=True):
+        """Copy values in by name. Every name, shape and dtype is checked before anything is
+        assigned, so a bad state leaves the module untouched. ``strict``: names must match exactly."""
+        params = dict(self.named_parameters())
+        missing = [name for name in params if name not in state]
+        unexpected = [name for name in state if name not in params]
+        if strict and (missing or unexpected):
+            raise KeyError(f"state does not match the model: missing {missing}, unexpected {unexpected}")
+        checked = {}
+        for name, param in params.items():
+            if name not in state:
+                continue
+            value = np.asarray(state[name])
+            if value.shape != param.shape:
+                raise ValueError(f"{name}: the state has shape {value.shape}, the model needs {param.shape}")
+            if value.dtype.kind != "f":
+                raise TypeError(f"{name}: the state has dtype {value.dtype}, a float array is needed")
+            checked[name] = value
+        for name, value in checked.items():
+            params[name].data.copy_(Matrix(value, dtype=params[name].dtype))
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__}("]
+        for name, value in vars(self).items():
+            if isinstance(value, Module):
+                lines.append(f"  ({name}): {value!r}".replace("\n", "\n  "))
+            elif isinstance(value, (list, tuple)) and value and isinstance(value[0], Module):
+                lines.append(f"  ({name}): {len(value)} x [{value[0]!r}, ...]" if len(value) > 4 else
+                             "\n".join(f"  ({name}.{i}): {m!r}" for i, m in enumerate(value)))
+        return "\n".join(lines) + "\n)" if len(lines) > 1 else f"{type(self).__name__}()"
+
+
+class Linear(Module):
+    """y = W x + b, with W shaped (out_features, in_features) and one example per column of x.
+
+    ``init``: "kaiming" (default) draws W from N(0, 2 / in_features), He et al.'s choice
+    for ReLU networks; "normal" draws from N(0, 0.01**2) as classic tutorials do. The
+    bias starts at zero. ``dtype``: float32 (default) or float64.
+    """
+
+    def __init__(self, in_features, out_features, init="kaiming", dtype=np.float32):
+        if in_features < 1 or out_features < 1:
+            raise ValueError(f"Linear needs positive sizes, got ({in_features}, {out_features})")
+        if init not in ("kaiming", "normal"):
+            raise ValueError(f"init must be 'kaiming' or 'normal', got {init!r}")
+        std = np.sqrt(2.0 / in_features) if init == "kaiming" else 0.01
+        weight = random.generator().standard_normal((out_features, in_features)) * std
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = Tensor(weight.astype(dtype), requires_grad=True)
+        self.bias = Tensor(np.zeros((out_features, 1), dtype=dtype), requires_grad=True)
+
+    def forward(self, x):
+        return self.weight @ x + self.bias
+
+    def __repr__(self):
+        return f"Linear(in_features={self.in_features}, out_features={self.out_features})"
