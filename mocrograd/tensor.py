@@ -24,14 +24,17 @@ _grad_enabled = True
 class no_grad(contextlib.ContextDecorator):
     """Context manager and decorator: no graph is recorded inside (inference, optimizer steps)."""
 
+    def __init__(self):
+        self._previous = []     # a stack: one instance may be entered again (recursion, reuse)
+
     def __enter__(self):
         global _grad_enabled
-        self._previous = _grad_enabled
+        self._previous.append(_grad_enabled)
         _grad_enabled = False
 
     def __exit__(self, *exc):
         global _grad_enabled
-        _grad_enabled = self._previous
+        _grad_enabled = self._previous.pop()
         return False
 
 
@@ -62,6 +65,7 @@ class Tensor:
     """
 
     __slots__ = ("data", "grad", "requires_grad", "_prev", "_backward", "_op", "__weakref__")
+    __array_ufunc__ = None  # ndarray + Tensor: NumPy defers to Tensor.__radd__ instead of looping over elements
 
     def __init__(self, data, requires_grad=False, dtype=None):
         if isinstance(data, Tensor):
@@ -162,11 +166,16 @@ class Tensor:
         if not isinstance(exponent, numbers.Real):
             raise TypeError(f"Tensor ** needs a number exponent, got {type(exponent).__name__}")
         x = self.data
+        if exponent == 0:  # constant 1: zero gradient (x ** -1 * 0 would be NaN at x = 0)
+            return Tensor._result(x ** 0, "pow 0", (self,), lambda g: (Matrix.zeros(*x.shape, dtype=x.dtype),))
         return Tensor._result(x ** exponent, f"pow {exponent}", (self,),
                               lambda g: (g * (x ** (exponent - 1)) * exponent,))
 
     def __neg__(self):
         return Tensor._result(-self.data, "neg", (self,), lambda g: (-g,))
+
+    def __rmatmul__(self, other):  # other @ self
+        return _as_tensor(other, self) @ self
 
     def __radd__(self, other):  # other + self
         return _as_tensor(other, self) + self

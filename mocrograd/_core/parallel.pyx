@@ -22,10 +22,12 @@ cdef extern from *:
     int MOCRO_OPENMP
     int omp_get_max_threads() noexcept nogil
 
-# Work (in multiply-adds or element operations) below which a second thread
-# costs more than it saves: waking an OpenMP team costs a few microseconds,
-# about as long as one core needs for this much work.
-cdef double WORK_PER_WORKER = 32768.0
+# Work (in multiply-adds or element operations) each worker must get before a
+# second thread pays: starting and joining an OpenMP team costs a few
+# microseconds on an idle machine, and much more when another process holds a
+# core (a thread that waits at the barrier for a descheduled partner can wait a
+# whole time slice). 2**19 operations keep one core busy for over 10 us.
+cdef double WORK_PER_WORKER = 524288.0
 
 cdef int _threads = 0
 
