@@ -3,13 +3,14 @@
 The core (``mocrograd._core``) is Cython over typed memoryviews, parallel with
 OpenMP, in three switchable kernel variants (see ``mocrograd.backend``).
 """
-from ._core import Matrix, cpu_count, openmp_enabled
+from ._core import Matrix, cpu_count, large_allocations, machine_contended, openmp_enabled
 from .backend import backend, get_backend, set_backend
 from . import data, nn
 from .gradcheck import GradcheckError, gradcheck
 from .random import manual_seed
-from .tensor import Tensor, is_grad_enabled, no_grad
+from .tensor import Tensor, is_grad_enabled, linear, no_grad
 
 __version__ = "0.1.0"
-__all__ = ["GradcheckError", "Matrix", "Tensor", "backend", "cpu_count", "get_backend", "gradcheck",
-           "is_grad_enabled", "manual_seed", "no_grad", "openmp_enabled", "set_backend"]
+__all__ = ["GradcheckError", "Matrix", "Tensor", "backend", "cpu_count", "data", "get_backend", "gradcheck",
+           "is_grad_enabled", "large_allocations", "linear", "machine_contended", "manual_seed", "nn",
+           "no_grad", "openmp_enabled", "set_backend"]

@@ -48,6 +48,21 @@ def _freed(grad):
                        "compute the result again before calling backward() a second time")
 
 
+# A backward rule returns this for an input whose gradient it has already added,
+# in place, to that leaf's .grad buffer (saving a temporary as big as the input).
+ACCUMULATED = object()
+
+
+def _leaf_grad_buffer(leaf):
+    """The Matrix a rule may accumulate into for a leaf (zeros the first time), or None
+    when the tensor is not a leaf that wants a gradient."""
+    if not leaf.requires_grad or leaf._backward is not None:
+        return None
+    if leaf.grad is None:
+        leaf.grad = Tensor(Matrix.zeros(*leaf.shape, dtype=leaf.dtype))
+    return leaf.grad.data
+
+
 def _unbroadcast(grad, shape):
     """Sum grad over the dimensions an operand of ``shape`` was broadcast along."""
     if grad.shape == shape:
@@ -196,6 +211,18 @@ class Tensor:
         return Tensor._result(self.data.sum(axis), "sum", (self,),
                               lambda g: (Matrix.zeros(*shape, dtype=dtype) + g,))
 
+    def sum_squares(self):
+        """sum(self ** 2) as a 1x1 tensor, without a temporary the size of self (for L2 penalties)."""
+        x = self.data
+
+        def backward(g):   # d/dx = 2 x g, added straight into a leaf's gradient when possible
+            buffer = _leaf_grad_buffer(self)
+            if buffer is not None:
+                buffer.axpy_(2.0 * g.numpy()[0, 0], x)
+                return (ACCUMULATED,)
+            return (x * (2.0 * g.numpy()[0, 0]),)
+        return Tensor._result(Matrix.full(1, 1, x.sum_squares(), dtype=x.dtype), "sum_squares", (self,), backward)
+
     def mean(self, axis=None):
         """Mean over everything (1x1), axis 0 (1, cols) or axis 1 (rows, 1)."""
         rows, cols = self.shape
@@ -251,12 +278,36 @@ class Tensor:
                     node.grad.data.axpy_(1.0, g)
                 continue
             for parent, parent_grad in zip(node._prev, node._backward(g)):
-                if parent_grad is None or not parent.requires_grad:
+                if parent_grad is None or parent_grad is ACCUMULATED or not parent.requires_grad:
                     continue
                 key = id(parent)
                 grads[key] = grads[key] + parent_grad if key in grads else parent_grad
             node._prev = ()                 # free the graph as we go
             node._backward = _freed
+
+
+def linear(x, weight, bias, relu=False):
+    """weight @ x + bias, then relu when asked: a Linear layer as one graph node.
+
+    Forward is one fused core call. Backward runs the three products of a layer:
+    dX = W^T G, dW = G X^T (added straight into W's gradient buffer when W is a leaf)
+    and db = row sums of G, after masking G by the relu."""
+    w, xm, b = weight.data, x.data, bias.data
+    y = w.linear(xm, b, relu)
+
+    def backward(g):
+        if relu:
+            g = y.relu_grad(g)          # y > 0 exactly where the pre-activation was > 0
+        dx = w.matmul(g, trans_a=True) if x.requires_grad else None
+        w_buffer = _leaf_grad_buffer(weight)
+        if w_buffer is not None:
+            g.matmul(xm, trans_b=True, out=w_buffer, accumulate=True)
+            dw = ACCUMULATED
+        else:
+            dw = g.matmul(xm, trans_b=True) if weight.requires_grad else None
+        db = g.sum(axis=1) if bias.requires_grad else None
+        return dx, dw, db
+    return Tensor._result(y, "linear_relu" if relu else "linear", (x, weight, bias), backward)
 
 
 def _topological_order(root):

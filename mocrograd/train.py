@@ -66,7 +66,7 @@ def fit(model, train, val, epochs=10, batch_size=32, lr=0.01, optimizer="sgd", l
             loss = nn.nll_loss(out, y)
             penalty = nn.l2_penalty(weights, l2)
             objective = loss if penalty is None else loss + penalty
-            opt.zero_grad()
+            opt.zero_grad(set_to_none=False)   # keep the gradient buffers: no new large allocations
             objective.backward()
             opt.step()
             loss_sum += loss.item() * len(y)

@@ -6,7 +6,8 @@ Modules:
     optimized  -- vectorizable, cache-blocked, OpenMP-parallel versions of the same kernels
     matrix     -- the Matrix type, argument checks and dispatch to the selected variant
 """
-from .matrix import Matrix, argmax, get_backend_state, set_backend_state
-from .parallel import cpu_count, openmp_enabled
+from .matrix import Matrix, argmax, get_backend_state, large_allocations, set_backend_state
+from .parallel import cpu_count, machine_contended, openmp_enabled
 
-__all__ = ["Matrix", "argmax", "cpu_count", "openmp_enabled", "get_backend_state", "set_backend_state"]
+__all__ = ["Matrix", "argmax", "cpu_count", "get_backend_state", "large_allocations", "machine_contended",
+           "openmp_enabled", "set_backend_state"]

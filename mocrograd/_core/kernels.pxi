@@ -51,3 +51,13 @@ cdef void copy(const floating[:, ::1] x, floating[:, ::1] y, int workers) noexce
 cdef void adam(floating[:, ::1] p, const floating[:, ::1] g, floating[:, ::1] m, floating[:, ::1] v,
                double lr, double beta1, double beta2, double eps, double correction1, double correction2,
                double weight_decay, int workers) noexcept nogil
+
+# The sum of x * x over every element, accumulated in double: the L2 penalty
+# without a temporary x * x matrix.
+cdef double sum_squares(const floating[:, ::1] x, int workers) noexcept nogil
+
+# out = w @ x + bias, bias being a (rows, 1) column repeated along the columns,
+# then max(out, 0) when relu: a Linear layer (and its activation) in one call.
+# Returns 0, or -1 when the matmul workspace could not be allocated.
+cdef int linear(const floating[:, ::1] w, const floating[:, ::1] x, const floating[:, ::1] bias,
+                floating[:, ::1] out, bint relu, int workers) noexcept nogil

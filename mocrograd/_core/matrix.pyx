@@ -148,6 +148,19 @@ cdef void _adam(floating[:, ::1] p, const floating[:, ::1] g, floating[:, ::1] m
         optimized.adam(p, g, m, v, lr, b1, b2, eps, c1, c2, wd, _workers_for(p.shape[0] * p.shape[1] * 8.0))
 
 
+cdef double _sum_squares(const floating[:, ::1] x) noexcept nogil:
+    if _variant == NAIVE:
+        return naive.sum_squares(x, 1)
+    return optimized.sum_squares(x, _workers_for(x.shape[0] * x.shape[1]))
+
+
+cdef int _linear(const floating[:, ::1] w, const floating[:, ::1] x, const floating[:, ::1] bias,
+                 floating[:, ::1] out, bint relu, double work) noexcept nogil:
+    if _variant == NAIVE:
+        return naive.linear(w, x, bias, out, relu, 1)
+    return optimized.linear(w, x, bias, out, relu, _workers_for(work))
+
+
 # ------------------------------------------------------------ conversions
 
 _FLOAT32 = np.dtype(np.float32)
@@ -185,7 +198,10 @@ def _to_array(data, dtype):
         raise ValueError(f"Matrix needs 2-D data, got {data.ndim}-D with shape {data.shape}; "
                          "reshape a vector to (1, n) or (n, 1)")
     _check_shape(data.shape[0], data.shape[1])
-    return np.ascontiguousarray(data, dtype=dtype)
+    array = np.ascontiguousarray(data, dtype=dtype)
+    # A Matrix is writable (in-place ops, the buffer protocol): copy a read-only array
+    # rather than fail to take a writable view of it.
+    return array if array.flags.writeable else array.copy()
 
 
 cdef _check_shape(Py_ssize_t rows, Py_ssize_t cols):
@@ -207,7 +223,25 @@ cdef Matrix _wrap(object array):
     return m
 
 
+# Results of at least this many bytes count as large allocations. Smaller blocks are
+# recycled by the C allocator's free lists; blocks this big are mapped from the OS
+# afresh each time (page faults on every touch), so training should allocate them once.
+LARGE_ALLOCATION = 16 * 1024 * 1024
+cdef Py_ssize_t _large_allocations = 0
+
+
+def large_allocations():
+    """How many matrices of LARGE_ALLOCATION bytes or more the core has created so far.
+
+    Training reuses its big buffers (gradients, optimizer state) after the first step,
+    so this count stops growing: a test checks it."""
+    return _large_allocations
+
+
 cdef Matrix _empty(Py_ssize_t rows, Py_ssize_t cols, bint is64):
+    global _large_allocations
+    if rows * cols * (8 if is64 else 4) >= LARGE_ALLOCATION:
+        _large_allocations += 1
     return _wrap(np.empty((rows, cols), dtype=_FLOAT64 if is64 else _FLOAT32))
 
 
@@ -381,6 +415,36 @@ cdef class Matrix:
         if status != 0:
             raise MemoryError("matmul: could not allocate its packing workspace")
         return result
+
+    def linear(self, x, bias, bint relu=False):
+        """self @ x + bias (a (rows, 1) column), then relu if asked: a Linear layer in one call."""
+        cdef Matrix xm = _same_kind(self, x, "linear")
+        cdef Matrix b = _same_kind(self, bias, "linear")
+        cdef int status
+        if not isinstance(x, Matrix):
+            raise TypeError(f"linear needs a Matrix input, got {type(x).__name__}")
+        if self.cols != xm.rows:
+            raise ValueError(f"linear: shapes {_shape_str(self)} and {_shape_str(xm)} do not align "
+                             f"({self.cols} != {xm.rows})")
+        if b.rows != self.rows or b.cols != 1:
+            raise ValueError(f"linear: bias has shape {_shape_str(b)}, expected ({self.rows}, 1)")
+        cdef Matrix out = _empty(self.rows, xm.cols, self.is64)
+        cdef double work = <double>self.rows * self.cols * xm.cols
+        with nogil:
+            if self.is64:
+                status = _linear(self.f64, xm.f64, b.f64, out.f64, relu, work)
+            else:
+                status = _linear(self.f32, xm.f32, b.f32, out.f32, relu, work)
+        if status != 0:
+            raise MemoryError("linear: could not allocate the matmul workspace")
+        return out
+
+    def sum_squares(self):
+        """sum(x ** 2) over every element as a Python float (accumulated in float64, no temporary)."""
+        cdef double total
+        with nogil:
+            total = _sum_squares(self.f64) if self.is64 else _sum_squares(self.f32)
+        return total
 
     def __matmul__(self, other):
         if not isinstance(self, Matrix) or not isinstance(other, Matrix):

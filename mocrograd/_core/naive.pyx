@@ -222,3 +222,26 @@ cdef void adam(floating[:, ::1] p, const floating[:, ::1] g, floating[:, ::1] m,
             m[i, j] = <floating>(beta1 * m[i, j] + (1 - beta1) * grad)
             v[i, j] = <floating>(beta2 * v[i, j] + (1 - beta2) * grad * grad)
             p[i, j] = <floating>(p[i, j] - lr / correction1 * m[i, j] / (sqrt(v[i, j] / correction2) + eps))
+
+
+cdef double sum_squares(const floating[:, ::1] x, int workers) noexcept nogil:
+    cdef Py_ssize_t i, j
+    cdef double total = 0.0
+    for i in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            total = total + <double>x[i, j] * x[i, j]
+    return total
+
+
+cdef int linear(const floating[:, ::1] w, const floating[:, ::1] x, const floating[:, ::1] bias,
+                floating[:, ::1] out, bint relu, int workers) noexcept nogil:
+    cdef Py_ssize_t i, j, p
+    cdef floating total
+    for i in range(out.shape[0]):
+        for j in range(out.shape[1]):
+            total = 0
+            for p in range(w.shape[1]):
+                total = total + w[i, p] * x[p, j]
+            total = total + bias[i, 0]
+            out[i, j] = total if (total > 0 or not relu) else 0
+    return 0

@@ -493,3 +493,74 @@ cdef void adam(floating[:, ::1] p, const floating[:, ::1] g, floating[:, ::1] m,
             _adam_run(&p[0, 0] + lo, &g[0, 0] + lo, &m[0, 0] + lo, &v[0, 0] + lo, hi - lo,
                       <floating>(lr / correction1), <floating>beta1, <floating>beta2, <floating>eps,
                       <floating>correction2, <floating>weight_decay)
+
+
+# ------------------------------------------------------- fused for layers
+
+cdef double sum_squares(const floating[:, ::1] x, int workers) noexcept nogil:
+    # One partial per row (in parallel), combined in row order: the same result for any workers.
+    cdef Py_ssize_t rows = x.shape[0], cols = x.shape[1], i, j, lo, hi
+    cdef double total = 0.0
+    cdef double* partial = <double*>malloc(rows * sizeof(double)) if rows > 0 else NULL
+    cdef int chunk
+    if partial == NULL:  # no memory for the partials: one serial pass
+        for i in range(rows):
+            total += _sum_squares_run(&x[i, 0], cols)
+        return total
+    for chunk in prange(workers, nogil=True, num_threads=threads_for(workers), schedule='static'):
+        lo = (rows * chunk) // workers
+        hi = (rows * (chunk + 1)) // workers
+        for i in range(lo, hi):
+            partial[i] = _sum_squares_run(&x[i, 0], cols)
+    for i in range(rows):
+        total += partial[i]
+    free(partial)
+    return total
+
+
+cdef inline double _sum_squares_run(const floating* x, Py_ssize_t n) noexcept nogil:
+    """sum(x[:n] ** 2) in double with LANES independent partial sums (vectorizable)."""
+    cdef double part[LANES]
+    cdef double total = 0.0, v
+    cdef Py_ssize_t j, l, body = n - n % LANES
+    for l in range(LANES):
+        part[l] = 0.0
+    for j in range(body // LANES):
+        for l in range(LANES):
+            v = x[j * LANES + l]
+            part[l] += v * v
+    for l in range(LANES):
+        total += part[l]
+    for j in range(body, n):
+        v = x[j]
+        total += v * v
+    return total
+
+
+cdef inline void _bias_relu_rows(floating* out, Py_ssize_t cols, const floating* bias,
+                                 Py_ssize_t lo, Py_ssize_t hi, bint relu) noexcept nogil:
+    cdef Py_ssize_t i, j
+    cdef floating b, v
+    for i in range(lo, hi):
+        b = bias[i]
+        if relu:
+            for j in range(cols):
+                v = out[i * cols + j] + b
+                out[i * cols + j] = v if v > 0 else 0
+        else:
+            for j in range(cols):
+                out[i * cols + j] += b
+
+
+cdef int linear(const floating[:, ::1] w, const floating[:, ::1] x, const floating[:, ::1] bias,
+                floating[:, ::1] out, bint relu, int workers) noexcept nogil:
+    # The product, then the bias and activation over each block of rows while it is in cache.
+    cdef Py_ssize_t rows = out.shape[0], lo, hi
+    cdef int chunk
+    if matmul(w, False, x, False, out, False, workers) != 0:
+        return -1
+    for chunk in prange(workers, nogil=True, num_threads=threads_for(workers), schedule='static'):
+        lo = (rows * chunk) // workers
+        hi = (rows * (chunk + 1)) // workers
+        _bias_relu_rows(&out[0, 0], out.shape[1], &bias[0, 0], lo, hi, relu)
+    return 0

@@ -9,6 +9,8 @@ fighting for 2 cores.
 """
 import os
 
+from cython.parallel cimport prange
+
 cdef extern from *:
     """
     #ifdef _OPENMP
@@ -17,10 +19,12 @@ cdef extern from *:
     #else
     #define MOCRO_OPENMP 0
     static int omp_get_max_threads(void) { return 1; }
+    static double omp_get_wtime(void) { return 0.0; }
     #endif
     """
     int MOCRO_OPENMP
     int omp_get_max_threads() noexcept nogil
+    double omp_get_wtime() noexcept nogil
 
 # Work (in multiply-adds or element operations) each worker must get before a
 # second thread pays: starting and joining an OpenMP team costs a few
@@ -29,7 +33,16 @@ cdef extern from *:
 # whole time slice). 2**19 operations keep one core busy for over 10 us.
 cdef double WORK_PER_WORKER = 524288.0
 
+# Contention probe (see dynamic_workers): how often, and how slow a team start
+# may be before the machine counts as busy. On an idle machine an empty parallel
+# region takes a few microseconds; when another process holds a core, the
+# second thread may not run for a whole scheduler time slice (milliseconds).
+cdef double PROBE_INTERVAL = 0.05   # seconds
+cdef double PROBE_LIMIT = 50e-6     # seconds
+
 cdef int _threads = 0
+cdef int _uncontended = 1           # threads a team may have right now (set by the probe)
+cdef double _next_probe = 0.0
 
 
 cdef int available_threads() noexcept nogil:
@@ -45,19 +58,43 @@ cdef int threads_for(int workers) noexcept nogil:
 
 
 cdef int dynamic_workers(double work) noexcept nogil:
-    """Workers for a kernel of ``work`` operations: 1 for tiny work, up to one per thread."""
+    """Workers for a kernel of ``work`` operations: 1 for tiny work, up to one per thread,
+    and 1 while the probe finds the cores busy with other processes."""
     cdef double n = work / WORK_PER_WORKER
     if n <= 1.0:
         return 1
-    if n >= _threads:
-        return _threads
+    if omp_get_wtime() >= _next_probe:
+        _probe()
+    if n >= _uncontended:
+        return _uncontended
     return <int>n
+
+
+cdef void _probe() noexcept nogil:
+    """Time an empty parallel region on all threads. A slow one means another process
+    holds a core: a team would wait for its descheduled member at every barrier, so
+    dynamic falls back to one thread until the next probe (this is what keeps it
+    from collapsing on a shared machine, where fixed worker counts can run 100x slower)."""
+    global _uncontended, _next_probe
+    cdef double start = omp_get_wtime(), elapsed
+    cdef int i
+    cdef int[64] touched
+    for i in prange(_threads, nogil=True, num_threads=_threads, schedule='static'):
+        touched[i % 64] = i
+    elapsed = omp_get_wtime() - start
+    _uncontended = _threads if elapsed < PROBE_LIMIT else 1
+    _next_probe = omp_get_wtime() + PROBE_INTERVAL
 
 
 cdef void split(Py_ssize_t n, int chunks, int chunk, Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
     """Bounds [lo, hi) of chunk ``chunk`` when ``n`` items are cut into ``chunks`` even parts."""
     lo[0] = (n * chunk) // chunks
     hi[0] = (n * (chunk + 1)) // chunks
+
+
+def machine_contended():
+    """True when the last probe found another process holding a core (dynamic then uses 1 thread)."""
+    return _uncontended < _threads
 
 
 def openmp_enabled():
@@ -83,3 +120,4 @@ def _detect_threads():
 
 
 _threads = _detect_threads()
+_uncontended = _threads

@@ -44,7 +44,7 @@ def l2_penalty(parameters, alpha=1e-4):
     total = None
     for p in parameters:
         if p.shape[1] > 1:  # weights are (out, in); biases are (out, 1) columns
-            term = (p * p).sum()
+            term = p.sum_squares()
             total = term if total is None else total + term
     return None if total is None else total * alpha
 

@@ -20,7 +20,7 @@ class MLP(Module):
 
     def forward(self, x):
         for layer in self.layers[:-1]:
-            x = layer(x).relu()
+            x = layer(x, relu=True)     # Linear and ReLU in one fused kernel
         return self.layers[-1](x).log_softmax(axis=0)
 
     def __repr__(self):

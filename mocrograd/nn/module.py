@@ -3,7 +3,7 @@ import numpy as np
 
 from .. import random
 from .._core import Matrix
-from ..tensor import Tensor
+from ..tensor import Tensor, linear
 
 
 class Module:
@@ -113,8 +113,9 @@ class Linear(Module):
         self.weight = Tensor(weight.astype(dtype), requires_grad=True)
         self.bias = Tensor(np.zeros((out_features, 1), dtype=dtype), requires_grad=True)
 
-    def forward(self, x):
-        return self.weight @ x + self.bias
+    def forward(self, x, relu=False):
+        """W x + b (then ReLU when ``relu``), as one fused node of the graph."""
+        return linear(x, self.weight, self.bias, relu)
 
     def __repr__(self):
         return f"Linear(in_features={self.in_features}, out_features={self.out_features})"

@@ -1,0 +1,445 @@
+"""Every kernel, in every variant and worker count, against NumPy.
+
+The ``backend`` fixture (conftest.py) runs each test under naive, and under
+optimized and dynamic with 1, 2, 3 and 7 workers; ``dtype`` under float32 and
+float64. NumPy is the oracle, evaluated in float64 on the very same
+(dtype-rounded) inputs.
+
+Kernels that perform one IEEE operation per element (+ - * /, negation, relu,
+max, argmax, fill, copy) must match NumPy bit for bit. Everything else is
+checked against an element-wise error bound that each test derives, in a
+comment, from eps and the number of operations behind an element.
+
+The last section checks that optimized and dynamic give bit-identical results
+for every worker count, as the kernels promise.
+"""
+import itertools
+import math
+import operator
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+import mocrograd
+from mocrograd import Matrix
+
+EPS64 = np.finfo(np.float64).eps
+
+# Awkward shapes: one element, one row, one column, primes, one past a tile or
+# vector width, and one large enough for `dynamic` to use several workers
+# (131 * 509 elements is over twice its 32768-operations-per-worker threshold).
+SHAPES = [(1, 1), (1, 13), (13, 1), (7, 13), (13, 31), (9, 33), (17, 65), (131, 509)]
+SHAPE_IDS = [f"{r}x{c}" for r, c in SHAPES]
+
+# (m, k, n) of op(A) @ op(B). The register tile is 8 x 32 and a k-block 256 deep.
+MATMUL_SHAPES = [
+    (1, 1, 1), (1, 13, 1), (1, 1, 13), (13, 1, 1),
+    (7, 13, 31), (13, 31, 7), (33, 64, 9),
+    (8, 256, 32),      # exactly one tile and one k-block
+    (9, 257, 33),      # one past a tile in every dimension
+    (17, 300, 65),
+    (257, 513, 129),   # large: 33 x 5 tiles, three k-blocks, the last one 1 deep
+]
+
+OPS = {"add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv}
+
+
+def eps(dtype):
+    return np.finfo(dtype).eps
+
+
+def signed(rng, shape, dtype, low=0.5, high=2.0):
+    """Values of either sign with low <= |x| < high: safe divisors, no cancellation to zero."""
+    return (rng.uniform(low, high, shape) * rng.choice([-1.0, 1.0], shape)).astype(dtype)
+
+
+def f64(x):
+    return np.asarray(x, dtype=np.float64)
+
+
+# ------------------------------------------------------------------ matmul
+
+def matmul_bound(a64, b64, c64, dtype):
+    """Allowed |error| of op(A) @ op(B) + C computed in ``dtype``, element-wise.
+
+    Summing k products in floating point, in any order and blocking, is off by at
+    most gamma_{k+1} * (|A| @ |B| + |C|) with gamma_j = j u / (1 - j u), u = eps / 2
+    (Higham, Accuracy and Stability of Numerical Algorithms, section 3.1); the +1
+    is the addition into C. For float64 the NumPy oracle carries an error of the
+    same bound, for float32 (oracle in float64) a negligible one. So
+    2 gamma_{k+1} ~ (k + 1) eps covers both; we allow twice that. A wrong or
+    missing tile or k-block is off by O(|A| @ |B|), far outside the bound.
+    """
+    k = a64.shape[1]
+    return 2 * (k + 1) * eps(dtype) * (np.abs(a64) @ np.abs(b64) + np.abs(c64))
+
+
+@pytest.mark.parametrize("mode", ["new", "out", "accumulate"])
+@pytest.mark.parametrize("trans_a,trans_b", list(itertools.product([False, True], repeat=2)),
+                         ids=["NN", "TN", "NT", "TT"])
+@pytest.mark.parametrize("m,k,n", MATMUL_SHAPES, ids=[f"{m}x{k}x{n}" for m, k, n in MATMUL_SHAPES])
+def test_matmul_matches_numpy(backend, dtype, m, k, n, trans_a, trans_b, mode, rng, assert_within):
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
+    a64, b64 = f64(a.T if trans_a else a), f64(b.T if trans_b else b)
+    c = rng.standard_normal((m, n)).astype(dtype)
+
+    if mode == "new":
+        result = Matrix(a).matmul(Matrix(b), trans_a=trans_a, trans_b=trans_b)
+        c64 = np.zeros((m, n))
+    elif mode == "out":   # out starts as NaN: every element must be overwritten
+        out = Matrix.full(m, n, np.nan, dtype=dtype)
+        result = Matrix(a).matmul(Matrix(b), trans_a=trans_a, trans_b=trans_b, out=out)
+        assert result is out
+        c64 = np.zeros((m, n))
+    else:
+        out = Matrix(c.copy())
+        result = Matrix(a).matmul(Matrix(b), trans_a=trans_a, trans_b=trans_b, out=out, accumulate=True)
+        assert result is out
+        c64 = f64(c)
+
+    assert result.shape == (m, n) and result.dtype == dtype
+    assert_within(result, c64 + a64 @ b64, matmul_bound(a64, b64, c64, dtype))
+
+
+def test_matmul_operator_is_the_plain_product(backend, dtype, rng):
+    a, b = Matrix(rng.standard_normal((9, 257)), dtype), Matrix(rng.standard_normal((257, 33)), dtype)
+    np.testing.assert_array_equal((a @ b).numpy(), a.matmul(b).numpy())
+
+
+# ------------------------------------------------------- element-wise, binary
+
+BROADCAST_KINDS = ["full", "col", "row", "one"]
+
+
+def operand_shape(kind, rows, cols):
+    return {"full": (rows, cols), "col": (rows, 1), "row": (1, cols), "one": (1, 1)}[kind]
+
+
+@pytest.mark.parametrize("rows,cols", [(7, 13), (131, 509)], ids=["7x13", "131x509"])
+@pytest.mark.parametrize("left,right", list(itertools.product(BROADCAST_KINDS, repeat=2)),
+                         ids=[f"{l}-{r}" for l, r in itertools.product(BROADCAST_KINDS, repeat=2)])
+@pytest.mark.parametrize("op", OPS)
+def test_broadcasting_equals_numpy_exactly(backend, dtype, op, left, right, rows, cols, rng):
+    # One correctly rounded operation per element: NumPy's result, bit for bit.
+    a = signed(rng, operand_shape(left, rows, cols), dtype)
+    b = signed(rng, operand_shape(right, rows, cols), dtype)
+    got = OPS[op](Matrix(a), Matrix(b))
+    expected = OPS[op](a, b)
+    assert got.shape == expected.shape and got.dtype == dtype
+    np.testing.assert_array_equal(got.numpy(), expected)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("op", OPS)
+def test_binary_on_awkward_shapes_equals_numpy_exactly(backend, dtype, op, shape, rng):
+    a, b = signed(rng, shape, dtype), signed(rng, shape, dtype)
+    np.testing.assert_array_equal(OPS[op](Matrix(a), Matrix(b)).numpy(), OPS[op](a, b))
+
+
+@pytest.mark.parametrize("number", [2.5, -3, 0.1], ids=["2.5", "-3", "0.1"])
+@pytest.mark.parametrize("op", OPS)
+def test_number_on_either_side_equals_numpy_exactly(backend, dtype, op, number, rng):
+    # A number becomes a value of the matrix's dtype (0.1 is rounded to float32 first).
+    a = signed(rng, (13, 31), dtype)
+    s = dtype(number)
+    right, left = OPS[op](Matrix(a), number), OPS[op](number, Matrix(a))
+    assert isinstance(right, Matrix) and isinstance(left, Matrix)
+    assert right.dtype == left.dtype == dtype
+    np.testing.assert_array_equal(right.numpy(), OPS[op](a, s))
+    np.testing.assert_array_equal(left.numpy(), OPS[op](s, a))
+
+
+# -------------------------------------------------------- element-wise, unary
+
+def with_zeros(rng, shape, dtype):
+    """Normal values with about a quarter set to exactly 0 (relu's edge)."""
+    x = rng.standard_normal(shape).astype(dtype)
+    x[rng.random(shape) < 0.25] = 0
+    return x
+
+
+EXACT_UNARY = {  # name: (mocrograd, NumPy)
+    "neg": (operator.neg, np.negative),
+    "relu": (Matrix.relu, lambda x: np.where(x > 0, x, 0).astype(x.dtype)),
+    "relu_mask": (Matrix.relu_mask, lambda x: (x > 0).astype(x.dtype)),
+}
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("name", EXACT_UNARY)
+def test_exact_unary_equals_numpy(backend, dtype, name, shape, rng):
+    x = with_zeros(rng, shape, dtype)
+    ours, theirs = EXACT_UNARY[name]
+    got = ours(Matrix(x))
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got.numpy(), theirs(x))
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+def test_relu_grad_passes_grad_where_input_is_positive(backend, dtype, shape, rng):
+    x, g = with_zeros(rng, shape, dtype), rng.standard_normal(shape).astype(dtype)
+    np.testing.assert_array_equal(Matrix(x).relu_grad(Matrix(g)).numpy(), np.where(x > 0, g, 0))
+
+
+TRANSCENDENTAL = {  # name: (mocrograd, NumPy in float64, input sampler)
+    "exp": (Matrix.exp, np.exp, lambda rng, s: rng.uniform(-20, 20, s)),
+    "log": (Matrix.log, np.log, lambda rng, s: np.exp(rng.uniform(-7, 7, s))),
+    "square": (lambda m: m ** 2, np.square, lambda rng, s: rng.standard_normal(s)),
+    "cube": (lambda m: m ** 3, lambda x: x ** 3, lambda rng, s: rng.standard_normal(s)),
+    "sqrt": (lambda m: m ** 0.5, np.sqrt, lambda rng, s: rng.uniform(0, 100, s)),
+    "pow-1.5": (lambda m: m ** -1.5, lambda x: x ** -1.5, lambda rng, s: rng.uniform(0.1, 10, s)),
+}
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("name", TRANSCENDENTAL)
+def test_exp_log_pow_within_a_few_ulp(backend, dtype, name, shape, rng, assert_within):
+    # glibc's exp/log/pow (which the kernels call, in float or double) are accurate
+    # to within 1 ulp, NumPy's float64 versions to about 1 ulp too: 4 ulp, i.e.
+    # 4 eps |exact|, bounds their difference with room to spare.
+    ours, exact, sample = TRANSCENDENTAL[name]
+    x = sample(rng, shape).astype(dtype)
+    got = ours(Matrix(x))
+    assert got.dtype == dtype
+    expected = exact(f64(x))
+    assert_within(got, expected, 4 * eps(dtype) * np.abs(expected), name)
+
+
+# ------------------------------------------------------------- reductions
+
+AXES = [None, 0, 1]
+AXIS_IDS = ["all", "axis0", "axis1"]
+
+
+@pytest.mark.parametrize("axis", AXES, ids=AXIS_IDS)
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+def test_sum_matches_numpy(backend, dtype, shape, axis, rng, assert_within):
+    # The kernels add in float64 (error <= n u64 sum|x| for n terms, in any order),
+    # the oracle too, then round once to dtype (<= u |sum| <= u sum|x|), so
+    # (eps + 2 n eps64) * sum|x| bounds the difference.
+    x = rng.standard_normal(shape).astype(dtype)
+    got = Matrix(x).sum(axis)
+    n = x.size if axis is None else shape[axis]
+    magnitude = np.abs(f64(x)).sum(axis=axis, keepdims=True)
+    assert got.dtype == dtype
+    assert_within(got, f64(x).sum(axis=axis, keepdims=True), (eps(dtype) + 2 * n * EPS64) * magnitude)
+
+
+@pytest.mark.parametrize("axis", AXES, ids=AXIS_IDS)
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+def test_max_equals_numpy(backend, dtype, shape, axis, rng):
+    x = rng.standard_normal(shape).astype(dtype)
+    got = Matrix(x).max(axis)
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got.numpy(), x.max(axis=axis, keepdims=True))
+
+
+@pytest.mark.parametrize("axis", AXES, ids=AXIS_IDS)
+@pytest.mark.parametrize("where", [(0, 0), (6, 200), (130, 508)], ids=["first", "middle", "last"])
+def test_max_propagates_nan(backend, dtype, axis, where, rng):
+    x = rng.standard_normal((131, 509)).astype(dtype)
+    x[where] = np.nan
+    got = Matrix(x).max(axis).numpy()
+    assert np.isnan(got).sum() == 1
+    np.testing.assert_array_equal(got, x.max(axis=axis, keepdims=True))   # NaN in the same place
+
+
+@pytest.mark.parametrize("axis", AXES, ids=AXIS_IDS)
+def test_max_of_infinities(backend, dtype, axis):
+    x = np.full((7, 13), -np.inf, dtype=dtype)
+    x[3, 4] = np.inf
+    np.testing.assert_array_equal(Matrix(x).max(axis).numpy(), x.max(axis=axis, keepdims=True))
+
+
+@pytest.mark.parametrize("axis", [0, 1], ids=["axis0", "axis1"])
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+def test_argmax_takes_the_first_of_tied_maxima(backend, dtype, shape, axis, rng):
+    x = rng.integers(0, 3, shape).astype(dtype)   # three distinct values: ties everywhere
+    got = Matrix(x).argmax(axis)
+    assert got.dtype == np.intp
+    np.testing.assert_array_equal(got, np.argmax(x, axis=axis, keepdims=True))   # NumPy: first index
+
+
+def test_argmax_tie_example(backend):
+    m = Matrix([[1, 3, 3],
+                [3, 1, 3]])
+    assert m.argmax(1).tolist() == [[1], [0]]
+    assert m.argmax(0).tolist() == [[1, 0, 0]]
+
+
+# ------------------------------------------------------------ log_softmax
+
+def log_softmax_oracle(x64, axis):
+    """(x - max - log(sum(exp(x - max))), max): the stable formula in float64."""
+    top = x64.max(axis=axis, keepdims=True)
+    return x64 - top - np.log(np.exp(x64 - top).sum(axis=axis, keepdims=True)), top
+
+
+@pytest.mark.parametrize("offset", [0.0, 1000.0, -1000.0], ids=["centered", "plus1000", "minus1000"])
+@pytest.mark.parametrize("axis", [0, 1], ids=["axis0", "axis1"])
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+def test_log_softmax_is_stable_and_matches_numpy(backend, dtype, shape, axis, offset, rng, assert_within):
+    # Around +-1000, exp(x) overflows or underflows: only the max-shifted formula works.
+    x = (offset + 3 * rng.standard_normal(shape)).astype(dtype)
+    got = Matrix(x).log_softmax(axis)
+    expected, top = log_softmax_oracle(f64(x), axis)
+    assert np.isfinite(got.numpy()).all()
+    # Computed in float64, then rounded once to dtype (<= u |result|). In float64,
+    # x - top - log(total) cancels: each step is off by <= u times its operands
+    # (|x|, |top|), and log(total) by about n u for a sum of n exponentials.
+    n = shape[axis]
+    bound = eps(dtype) * np.abs(expected) + 8 * EPS64 * (np.abs(f64(x)) + np.abs(top) + n + 1)
+    assert_within(got, expected, bound)
+
+
+@pytest.mark.parametrize("axis", [0, 1], ids=["axis0", "axis1"])
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+def test_log_softmax_grad_matches_the_formula(backend, dtype, shape, axis, rng, assert_within):
+    y = log_softmax_oracle(3 * rng.standard_normal(shape), axis)[0].astype(dtype)   # a real forward output
+    g = rng.standard_normal(shape).astype(dtype)
+    got = Matrix(y).log_softmax_grad(Matrix(g), axis)
+    y64, g64 = f64(y), f64(g)
+    expected = g64 - np.exp(y64) * g64.sum(axis=axis, keepdims=True)
+    # Computed in float64 and rounded once (<= u |result|); before that, the sum of n
+    # terms is off by <= n u64 sum|g|, exp(y) and the products by a few u64.
+    n = shape[axis]
+    scale = np.abs(g64) + np.exp(y64) * np.abs(g64).sum(axis=axis, keepdims=True)
+    assert_within(got, expected, eps(dtype) * np.abs(expected) + 4 * (n + 2) * EPS64 * scale)
+
+
+# --------------------------------------------------------------- in place
+
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+def test_axpy_adds_a_multiple(backend, dtype, shape, rng, assert_within):
+    x, y = rng.standard_normal(shape).astype(dtype), rng.standard_normal(shape).astype(dtype)
+    m = Matrix(y.copy())
+    assert m.axpy_(0.1, Matrix(x)) is m
+    # alpha * x and the addition round once each (or once, fused), and 0.1 itself
+    # may be rounded to dtype first: <= 3 u (|y| + |alpha x|) < 2 eps (...).
+    expected = f64(y) + 0.1 * f64(x)
+    assert_within(m, expected, 2 * eps(dtype) * (np.abs(f64(y)) + np.abs(0.1 * f64(x))))
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+def test_scale_fill_zero_copy_are_exact(backend, dtype, shape, rng):
+    x, y = rng.standard_normal(shape).astype(dtype), rng.standard_normal(shape).astype(dtype)
+    m = Matrix(y.copy())
+    assert m.scale_(-0.75) is m          # -0.75 is exact in both dtypes: one rounding
+    np.testing.assert_array_equal(m.numpy(), y * dtype(-0.75))
+    assert m.fill_(0.1) is m
+    np.testing.assert_array_equal(m.numpy(), np.full(shape, 0.1, dtype=dtype))
+    assert m.zero_() is m
+    np.testing.assert_array_equal(m.numpy(), np.zeros(shape, dtype=dtype))
+    assert m.copy_(Matrix(x)) is m
+    np.testing.assert_array_equal(m.numpy(), x)
+
+
+def adam_oracle(p, g, m, v, lr, b1, b2, eps_, c1, c2, wd):
+    g = g + wd * p
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    return p - lr / c1 * m / (np.sqrt(v / c2) + eps_), m, v
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01], ids=["plain", "decay"])
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+def test_adam_step_matches_the_formula(backend, dtype, shape, weight_decay, rng, assert_within):
+    p, g, m = (rng.standard_normal(shape).astype(dtype) for _ in range(3))
+    v = rng.uniform(0.5, 1.5, shape).astype(dtype)   # second moments stay away from 0
+    hyper = dict(lr=0.01, b1=0.9, b2=0.999, eps_=1e-8, c1=1 - 0.9 ** 3, c2=1 - 0.999 ** 3, wd=weight_decay)
+    mp, mm, mv = Matrix(p.copy()), Matrix(m.copy()), Matrix(v.copy())
+    assert mp.adam_(Matrix(g), mm, mv, 0.01, 0.9, 0.999, 1e-8, hyper["c1"], hyper["c2"], weight_decay) is mp
+    p2, m2, v2 = adam_oracle(*map(f64, (p, g, m, v)), **hyper)
+    # About ten operations on O(1) values per element, each rounding by <= u (float32
+    # kernels may round lr / c1 and the betas to float32 first): 16 eps covers them,
+    # relative to the largest term of each update.
+    tol = 16 * eps(dtype)
+    assert_within(mm, m2, tol * (np.abs(f64(m)) + np.abs(f64(g)) + 1), "m")
+    assert_within(mv, v2, tol * (f64(v) + f64(g) ** 2 + 1), "v")
+    assert_within(mp, p2, tol * (np.abs(f64(p)) + 1), "p")
+
+
+# ----------------------------------------- bit-identical for any worker count
+
+WORKER_COUNTS = (1, 2, 3, 7)
+
+
+def make_inputs(dtype):
+    """Large, awkward operands: every worker count splits them differently."""
+    rng = np.random.default_rng(99)
+
+    def mat(*shape, low=None):
+        x = rng.standard_normal(shape) if low is None else rng.uniform(low, 3, shape)
+        return Matrix(x.astype(dtype))
+
+    x = mat(131, 509)
+    return SimpleNamespace(
+        x=x, y=mat(131, 509), col=mat(131, 1), row=mat(1, 509), positive=mat(131, 509, low=0.1),
+        a=mat(257, 513), b=mat(513, 129), at=mat(513, 257), bt=mat(129, 513), c=mat(257, 129),
+        logp0=x.log_softmax(0), logp1=x.log_softmax(1),
+        v=mat(131, 509, low=0.5),
+    )
+
+
+def adam_step(t):
+    p, m, v = t.x.copy(), t.y.copy(), t.v.copy()
+    p.adam_(t.positive, m, v, 0.01, 0.9, 0.999, 1e-8, 0.271, 0.003, 0.01)
+    return np.concatenate([p.numpy(), m.numpy(), v.numpy()])
+
+
+KERNELS = {
+    "matmul": lambda t: t.a @ t.b,
+    "matmul_TN": lambda t: t.at.matmul(t.b, trans_a=True),
+    "matmul_NT": lambda t: t.a.matmul(t.bt, trans_b=True),
+    "matmul_TT": lambda t: t.at.matmul(t.bt, trans_a=True, trans_b=True),
+    "matmul_accumulate": lambda t: t.a.matmul(t.b, out=t.c.copy(), accumulate=True),
+    "add": lambda t: t.x + t.y,
+    "sub_column": lambda t: t.x - t.col,
+    "mul_row": lambda t: t.row * t.x,
+    "div_number": lambda t: t.x / 3.3,
+    "outer_div": lambda t: t.col / t.row,
+    "neg": lambda t: -t.x,
+    "exp": lambda t: t.x.exp(),
+    "log": lambda t: t.positive.log(),
+    "pow": lambda t: t.positive ** 1.7,
+    "relu": lambda t: t.x.relu(),
+    "relu_mask": lambda t: t.x.relu_mask(),
+    "relu_grad": lambda t: t.x.relu_grad(t.y),
+    "sum": lambda t: t.x.sum(),
+    "sum_axis0": lambda t: t.x.sum(0),
+    "sum_axis1": lambda t: t.x.sum(1),
+    "max": lambda t: t.x.max(),
+    "max_axis0": lambda t: t.x.max(0),
+    "max_axis1": lambda t: t.x.max(1),
+    "argmax_axis0": lambda t: t.x.argmax(0),
+    "argmax_axis1": lambda t: t.x.argmax(1),
+    "log_softmax_axis0": lambda t: t.x.log_softmax(0),
+    "log_softmax_axis1": lambda t: t.x.log_softmax(1),
+    "log_softmax_grad_axis0": lambda t: t.logp0.log_softmax_grad(t.y, 0),
+    "log_softmax_grad_axis1": lambda t: t.logp1.log_softmax_grad(t.y, 1),
+    "axpy_": lambda t: t.x.copy().axpy_(0.3, t.y),
+    "scale_": lambda t: t.x.copy().scale_(0.3),
+    "fill_": lambda t: t.x.copy().fill_(0.3),
+    "copy_": lambda t: t.x.copy().copy_(t.y),
+    "adam_": adam_step,
+}
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    return {dtype: make_inputs(dtype) for dtype in (np.float32, np.float64)}
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("variant", ["optimized", "dynamic"])
+def test_results_are_bit_identical_for_any_worker_count(variant, kernel, dtype, inputs):
+    results = {}
+    for workers in WORKER_COUNTS:
+        with mocrograd.backend(variant, workers):
+            results[workers] = np.array(KERNELS[kernel](inputs[dtype]))
+    for workers in WORKER_COUNTS[1:]:
+        np.testing.assert_array_equal(results[workers], results[1],
+                                      err_msg=f"{variant}, {workers} workers vs 1")
+        assert results[workers].tobytes() == results[1].tobytes()   # down to the sign of zeros

@@ -1,0 +1,376 @@
+"""nn: layers and models, losses, optimizers against NumPy references, and training that
+gives the same losses under every kernel variant."""
+import numpy as np
+import pytest
+
+import mocrograd as mg
+from mocrograd import Matrix, Tensor, gradcheck, nn
+from mocrograd.data import DataLoader, load_digits
+
+
+def np_log_softmax(x, axis=0):
+    shifted = x - x.max(axis=axis, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+def param_count(sizes):
+    return sum(a * b + b for a, b in zip(sizes, sizes[1:]))
+
+
+# ------------------------------------------------------------------------------ layers
+def test_linear_shapes_and_forward():
+    layer = nn.Linear(5, 3)
+    assert layer.weight.shape == (3, 5) and layer.bias.shape == (3, 1)
+    assert layer.weight.dtype == np.float32 and layer.weight.requires_grad
+    np.testing.assert_array_equal(layer.bias.numpy(), np.zeros((3, 1)))
+    layer.bias.numpy()[:] = [[1.0], [2.0], [3.0]]
+    x = np.random.default_rng(0).random((5, 7), dtype=np.float32)  # 7 examples as columns
+    out = layer(Tensor(x))
+    assert out.shape == (3, 7)
+    np.testing.assert_allclose(out.numpy(), layer.weight.numpy() @ x + layer.bias.numpy(), rtol=1e-5)
+
+
+def test_linear_float64():
+    layer = nn.Linear(2, 2, dtype=np.float64)
+    assert layer.weight.dtype == np.float64 and layer.bias.dtype == np.float64
+
+
+@pytest.mark.parametrize("init, std", [("kaiming", np.sqrt(2 / 2000)), ("normal", 0.01)])
+def test_linear_init_statistics(init, std):
+    mg.manual_seed(0)
+    weights = nn.Linear(2000, 500, init=init).weight.numpy()
+    assert weights.std() == pytest.approx(std, rel=0.02)
+    assert abs(weights.mean()) < 0.01 * std
+
+
+@pytest.mark.parametrize("args, kwargs", [((0, 3), {}), ((3, 0), {}), ((3, 3), {"init": "xavier"})])
+def test_linear_rejects_bad_arguments(args, kwargs):
+    with pytest.raises(ValueError):
+        nn.Linear(*args, **kwargs)
+
+
+def test_manual_seed_makes_initialization_reproducible():
+    mg.manual_seed(7)
+    first = nn.Normal().state_dict()
+    mg.manual_seed(7)
+    again = nn.Normal().state_dict()
+    mg.manual_seed(8)
+    other = nn.Normal().state_dict()
+    for name in first:
+        np.testing.assert_array_equal(first[name], again[name])
+    assert not np.array_equal(first["layers.0.weight"], other["layers.0.weight"])
+
+
+# ------------------------------------------------------------------------------ models
+def test_mlp_forward_matches_numpy():
+    model = nn.MLP([4, 8, 3])
+    x = np.random.default_rng(1).random((4, 5), dtype=np.float32)
+    (w1, b1), (w2, b2) = [(layer.weight.numpy(), layer.bias.numpy()) for layer in model.layers]
+    expected = np_log_softmax(w2 @ np.maximum(w1 @ x + b1, 0) + b2)
+    out = model(Tensor(x))
+    assert out.shape == (3, 5)
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name, sizes", [("normal", [64, 64, 32, 10]),
+                                         ("longer", [64] + [256] * 29 + [10])])
+def test_model_structure(name, sizes):
+    model = nn.build_model(name)
+    assert [(layer.in_features, layer.out_features) for layer in model.layers] == list(zip(sizes, sizes[1:]))
+    assert sum(p.shape[0] * p.shape[1] for p in model.parameters()) == param_count(sizes)
+
+
+def test_longer_has_30_linear_layers_and_a_layers_argument():
+    assert len(nn.Longer().layers) == 30
+    assert len(nn.Longer(layers=5).layers) == 5
+    with pytest.raises(ValueError):
+        nn.Longer(layers=1)
+
+
+def test_bigger_structure_and_one_tiny_batch():
+    model = nn.Bigger()  # ~42.5 M parameters, 0.17 GB of float32
+    sizes = [64, 8192, 4096, 2048, 10]
+    assert [layer.out_features for layer in model.layers] == sizes[1:]
+    assert sum(p.shape[0] * p.shape[1] for p in model.parameters()) == param_count(sizes) == 42_502_154
+    out = model(Tensor(Matrix.rand(64, 2)))
+    np.testing.assert_allclose(np.exp(out.numpy()).sum(axis=0), [1, 1], rtol=1e-5)
+
+
+def test_build_model_rejects_unknown_names():
+    with pytest.raises(ValueError, match="unknown model"):
+        nn.build_model("huge")
+    with pytest.raises(ValueError):
+        nn.MLP([64])
+
+
+def test_named_parameters_in_definition_order():
+    names = [name for name, _ in nn.Normal().named_parameters()]
+    assert names == [f"layers.{i}.{kind}" for i in range(3) for kind in ("weight", "bias")]
+
+
+def test_train_and_eval_set_the_flag_on_every_layer():
+    model = nn.Normal()
+    assert model.eval() is model
+    assert not model.training and not any(layer.training for layer in model.layers)
+    model.train()
+    assert model.training and all(layer.training for layer in model.layers)
+
+
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_module_zero_grad(set_to_none):
+    model = nn.MLP([3, 2])
+    nn.cross_entropy(model(Tensor(np.ones((3, 4), dtype=np.float32))), np.array([0, 1, 0, 1])).backward()
+    model.zero_grad(set_to_none=set_to_none)
+    for p in model.parameters():
+        if set_to_none:
+            assert p.grad is None
+        else:
+            np.testing.assert_array_equal(p.grad.numpy(), np.zeros(p.shape))
+
+
+# -------------------------------------------------------------------------- state_dict
+def test_state_dict_round_trip():
+    mg.manual_seed(1)
+    source = nn.Normal()
+    mg.manual_seed(2)
+    target = nn.Normal()
+    state = source.state_dict()
+    target.load_state_dict(state)
+    x = Tensor(Matrix.rand(64, 3))
+    np.testing.assert_array_equal(target(x).numpy(), source(x).numpy())
+    state["layers.0.weight"][:] = 0  # the state is a copy
+    assert source.layers[0].weight.numpy().any()
+
+
+def test_load_state_dict_converts_float64_values():
+    model = nn.MLP([2, 2])
+    model.load_state_dict({"layers.0.weight": np.eye(2), "layers.0.bias": np.ones((2, 1))})
+    assert model.layers[0].weight.dtype == np.float32
+    np.testing.assert_array_equal(model.layers[0].weight.numpy(), np.eye(2))
+
+
+def test_load_state_dict_not_strict_loads_a_subset():
+    model = nn.MLP([2, 2])
+    model.load_state_dict({"layers.0.bias": np.ones((2, 1))}, strict=False)
+    np.testing.assert_array_equal(model.layers[0].bias.numpy(), np.ones((2, 1)))
+
+
+def _missing(state):
+    del state["layers.2.bias"]
+
+
+def _unexpected(state):
+    state["layers.3.weight"] = np.zeros((10, 10))
+
+
+def _wrong_shape(state):
+    state["layers.2.bias"] = np.zeros((11, 1))
+
+
+def _integer_values(state):
+    state["layers.2.bias"] = np.zeros((10, 1), dtype=np.int64)
+
+
+@pytest.mark.parametrize("corrupt, error, message", [(_missing, KeyError, "missing"),
+                                                     (_unexpected, KeyError, "unexpected"),
+                                                     (_wrong_shape, ValueError, "shape"),
+                                                     (_integer_values, TypeError, "dtype")])
+def test_bad_state_raises_and_leaves_the_model_untouched(corrupt, error, message):
+    mg.manual_seed(1)
+    state = nn.Normal().state_dict()  # different values from the model's for every name
+    corrupt(state)  # the bad entry is the last layer's: everything before it would load first
+    mg.manual_seed(2)
+    model = nn.Normal()
+    before = model.state_dict()
+    with pytest.raises(error, match=message):
+        model.load_state_dict(state)
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, before[name])
+
+
+# ------------------------------------------------------------------------------ losses
+LABELS = np.array([0, 4, 2, 2, 1, 3, 0])
+
+
+def test_nll_loss_matches_numpy(dtype):
+    log_probs = np_log_softmax(np.random.default_rng(0).normal(size=(5, 7)))
+    x = Tensor(log_probs, requires_grad=True, dtype=dtype)
+    loss = nn.nll_loss(x, LABELS)
+    loss.backward()
+    picked = log_probs[LABELS, np.arange(7)]
+    assert loss.item() == pytest.approx(-picked.mean(), rel=1e-6)
+    expected_grad = np.zeros((5, 7))
+    expected_grad[LABELS, np.arange(7)] = -1 / 7
+    np.testing.assert_allclose(x.grad.numpy(), expected_grad, rtol=1e-6)
+
+
+def test_cross_entropy_matches_numpy_and_finite_differences(dtype):
+    logits = np.random.default_rng(1).normal(size=(5, 7)) * 3
+    x = Tensor(logits, requires_grad=True, dtype=dtype)
+    loss = nn.cross_entropy(x, LABELS)
+    loss.backward()
+    expected = -np_log_softmax(logits)[LABELS, np.arange(7)].mean()
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    onehot = np.eye(5)[:, LABELS]
+    np.testing.assert_allclose(x.grad.numpy(), (np.exp(np_log_softmax(logits)) - onehot) / 7, atol=1e-6)
+    assert gradcheck(lambda t: nn.cross_entropy(t, LABELS), [logits])
+
+
+@pytest.mark.parametrize("targets, error", [(np.array([0, 5]), ValueError), (np.array([-1, 0]), ValueError),
+                                            (np.array([0, 1, 2]), ValueError), (np.array([0.0, 1.0]), TypeError)])
+def test_nll_loss_rejects_bad_targets(targets, error):
+    with pytest.raises(error):
+        nn.nll_loss(Tensor(np.zeros((5, 2), dtype=np.float32)), targets)
+
+
+def test_l2_penalty_reaches_the_weight_gradients_only():
+    mg.manual_seed(0)
+    layer = nn.Linear(4, 3)
+    alpha = 0.25
+    penalty = nn.l2_penalty(layer.parameters(), alpha=alpha)
+    weights = layer.weight.numpy().astype(np.float64)
+    assert penalty.item() == pytest.approx(alpha * (weights ** 2).sum(), rel=1e-6)
+    penalty.backward()
+    np.testing.assert_allclose(layer.weight.grad.numpy(), 2 * alpha * weights, rtol=1e-6)
+    assert layer.bias.grad is None
+
+
+def test_l2_penalty_adds_to_the_data_gradient():
+    mg.manual_seed(0)
+    x, y = Tensor(Matrix.rand(4, 6, seed=1)), np.array([0, 1, 2, 0, 1, 2])
+    model = nn.MLP([4, 3])
+    nn.nll_loss(model(x), y).backward()
+    data_grad = model.layers[0].weight.grad.numpy().copy()
+    model.zero_grad()
+    (nn.nll_loss(model(x), y) + nn.l2_penalty(model.parameters(), alpha=0.1)).backward()
+    np.testing.assert_allclose(model.layers[0].weight.grad.numpy(),
+                               data_grad + 0.2 * model.layers[0].weight.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_l2_penalty_is_none_without_alpha_or_weights():
+    layer = nn.Linear(4, 3)
+    assert nn.l2_penalty(layer.parameters(), alpha=0) is None
+    assert nn.l2_penalty([layer.bias], alpha=0.1) is None
+
+
+def test_accuracy():
+    log_probs = np.log(np.array([[0.9, 0.1, 0.3, 0.5], [0.1, 0.9, 0.7, 0.5]]))  # 2 classes, 4 examples
+    targets = np.array([0, 1, 0, 0])  # right, right, wrong, tie -> first class
+    assert nn.accuracy(Tensor(log_probs), targets) == 0.75
+    assert nn.accuracy(Matrix(log_probs), targets) == 0.75
+
+
+# -------------------------------------------------------------------------- optimizers
+GRADS = [np.random.default_rng(step).normal(size=(3, 4)) for step in range(3)]
+START = np.random.default_rng(9).normal(size=(3, 4))
+
+
+def run_optimizer(make, dtype=np.float64):
+    """Three steps on one parameter with the fixed GRADS; returns its values after each."""
+    p = Tensor(START.copy(), requires_grad=True, dtype=dtype)  # a float64 array would be shared, not copied
+    optimizer = make([p])
+    values = []
+    for g in GRADS:
+        optimizer.zero_grad()
+        p.grad = Tensor(g, dtype=dtype)
+        optimizer.step()
+        values.append(p.numpy().copy())
+    return values
+
+
+def numpy_sgd(lr, momentum, weight_decay):
+    p, velocity, values = START.copy(), None, []
+    for g in GRADS:
+        g = g + weight_decay * p
+        if momentum:
+            velocity = g if velocity is None else momentum * velocity + g
+            g = velocity
+        p = p - lr * g
+        values.append(p)
+    return values
+
+
+def numpy_adam(lr, betas, eps, weight_decay):
+    (b1, b2), p, m, v, values = betas, START.copy(), 0.0, 0.0, []
+    for t, g in enumerate(GRADS, start=1):
+        g = g + weight_decay * p
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        p = p - lr * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps)
+        values.append(p)
+    return values
+
+
+def test_sgd_step_is_p_minus_lr_g(each_backend):
+    after = run_optimizer(lambda ps: nn.SGD(ps, lr=0.1))[0]
+    np.testing.assert_allclose(after, START - 0.1 * GRADS[0], rtol=1e-12)
+
+
+@pytest.mark.parametrize("momentum, weight_decay", [(0.0, 0.0), (0.9, 0.0), (0.0, 0.1), (0.9, 0.1)])
+def test_sgd_matches_numpy_over_three_steps(momentum, weight_decay, each_backend):
+    got = run_optimizer(lambda ps: nn.SGD(ps, lr=0.05, momentum=momentum, weight_decay=weight_decay))
+    np.testing.assert_allclose(got, numpy_sgd(0.05, momentum, weight_decay), rtol=1e-12)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_adam_matches_numpy_over_three_steps(weight_decay, dtype, each_backend):
+    settings = dict(lr=0.01, betas=(0.8, 0.99), eps=1e-8, weight_decay=weight_decay)
+    got = run_optimizer(lambda ps: nn.Adam(ps, **settings), dtype)
+    tolerance = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(got, numpy_adam(**settings), rtol=tolerance, atol=tolerance)
+
+
+def test_optimizers_skip_parameters_without_a_gradient():
+    p = Tensor(START.copy(), requires_grad=True, dtype=np.float64)
+    for optimizer in (nn.SGD([p], lr=0.1, momentum=0.9), nn.Adam([p])):
+        optimizer.step()
+    np.testing.assert_array_equal(p.numpy(), START)
+
+
+def test_optimizer_zero_grad_to_zeros_keeps_the_buffer():
+    p = Tensor(START, requires_grad=True)
+    p.grad = Tensor(np.ones(START.shape, dtype=np.float32))
+    buffer = p.grad
+    nn.SGD([p], lr=0.1).zero_grad(set_to_none=False)
+    assert p.grad is buffer and not p.grad.numpy().any()
+    nn.SGD([p], lr=0.1).zero_grad()
+    assert p.grad is None
+
+
+@pytest.mark.parametrize("make", [lambda ps: nn.SGD(ps, lr=0), lambda ps: nn.SGD(ps, lr=-0.1),
+                                  lambda ps: nn.SGD(ps, lr=float("nan")), lambda ps: nn.SGD([], lr=0.1),
+                                  lambda ps: nn.SGD(ps, lr=0.1, momentum=-0.5), lambda ps: nn.Adam(ps, lr=0),
+                                  lambda ps: nn.Adam([]), lambda ps: nn.Adam(ps, betas=(1.0, 0.999))],
+                         ids=["sgd-lr0", "sgd-lr-negative", "sgd-lr-nan", "sgd-empty", "sgd-momentum-negative",
+                              "adam-lr0", "adam-empty", "adam-beta1"])
+def test_optimizer_rejects_bad_settings(make):
+    with pytest.raises(ValueError):
+        make([Tensor(START, requires_grad=True)])
+
+
+# ---------------------------------------------------------- training across backends
+def training_losses(backend, workers):
+    """Per-step losses of Normal, 2 epochs of SGD with momentum and L2 on 200 digits."""
+    with mg.backend(backend, workers=workers):
+        mg.manual_seed(0)
+        model = nn.Normal()
+        optimizer = nn.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        train, _ = load_digits(250)
+        loader = DataLoader(train, batch_size=32, shuffle=True, seed=0)
+        losses = []
+        for _ in range(2):
+            for x, y in loader:
+                loss = nn.nll_loss(model(Tensor(x)), y) + nn.l2_penalty(model.parameters(), alpha=1e-4)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
+    return np.array(losses)
+
+
+def test_backends_train_to_the_same_losses():
+    naive = training_losses("naive", None)
+    assert len(naive) == 2 * 7  # 200 examples in batches of 32
+    assert naive[-7:].mean() < naive[:7].mean()  # it learns
+    np.testing.assert_allclose(training_losses("optimized", 2), naive, rtol=1e-4)
+    np.testing.assert_allclose(training_losses("dynamic", None), naive, rtol=1e-4)
