@@ -77,6 +77,10 @@ class Tensor:
 
     ``Tensor(data, requires_grad=False, dtype=None)`` takes a Matrix (shared, not
     copied), a 2-D NumPy array, nested lists or a Python number (a 1x1 tensor).
+    A C-contiguous float32/float64 array of the tensor's dtype is shared too, as
+    ``Matrix`` shares it: in-place updates (optimizer steps) write through to it.
+    Lists, numbers and arrays of other dtypes are copied; nested lists and numbers
+    become float32 unless ``dtype`` says otherwise, arrays keep float32/float64.
     """
 
     __slots__ = ("data", "grad", "requires_grad", "_prev", "_backward", "_op", "__weakref__")
@@ -292,6 +296,7 @@ def linear(x, weight, bias, relu=False):
     Forward is one fused core call. Backward runs the three products of a layer:
     dX = W^T G, dW = G X^T (added straight into W's gradient buffer when W is a leaf)
     and db = row sums of G, after masking G by the relu."""
+    x = _as_tensor(x, weight)   # a Matrix or array batch too, as weight @ x accepts
     w, xm, b = weight.data, x.data, bias.data
     y = w.linear(xm, b, relu)
 

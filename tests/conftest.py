@@ -4,10 +4,18 @@ With ``--import-mode=importlib`` test files cannot import one another, so what
 they share lives here as fixtures: the (variant, workers) grid, the dtypes, a
 seeded random generator and an element-wise error-bound check.
 """
-import numpy as np
-import pytest
+import os
 
-import mocrograd
+# Before the core (and so libgomp) is loaded: OpenMP threads sleep as soon as a
+# kernel ends instead of spinning for the next one. The suite runs thousands of
+# tiny kernels; on a busy machine spinning threads starve each other and make it
+# many times slower. No result depends on this.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import mocrograd  # noqa: E402
 
 # Every variant with 1, 2, 3 and 7 workers: 2 and 3 split outputs unevenly
 # (tiles, rows and elements rarely divide by 3), 7 is more chunks than cores.

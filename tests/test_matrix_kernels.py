@@ -14,7 +14,6 @@ The last section checks that optimized and dynamic give bit-identical results
 for every worker count, as the kernels promise.
 """
 import itertools
-import math
 import operator
 from types import SimpleNamespace
 
@@ -27,9 +26,10 @@ from mocrograd import Matrix
 EPS64 = np.finfo(np.float64).eps
 
 # Awkward shapes: one element, one row, one column, primes, one past a tile or
-# vector width, and one large enough for `dynamic` to use several workers
-# (131 * 509 elements is over twice its 32768-operations-per-worker threshold).
-SHAPES = [(1, 1), (1, 13), (13, 1), (7, 13), (13, 31), (9, 33), (17, 65), (131, 509)]
+# a 16-lane vector, and a larger prime-sided one that every worker count cuts
+# into uneven chunks. (dynamic adds workers only for much more work: see the
+# bit-identity section at the end.)
+SHAPES = [(1, 1), (1, 13), (13, 1), (13, 31), (9, 33), (17, 65), (131, 509)]
 SHAPE_IDS = [f"{r}x{c}" for r, c in SHAPES]
 
 # (m, k, n) of op(A) @ op(B). The register tile is 8 x 32 and a k-block 256 deep.
@@ -75,32 +75,51 @@ def matmul_bound(a64, b64, c64, dtype):
     return 2 * (k + 1) * eps(dtype) * (np.abs(a64) @ np.abs(b64) + np.abs(c64))
 
 
-@pytest.mark.parametrize("mode", ["new", "out", "accumulate"])
-@pytest.mark.parametrize("trans_a,trans_b", list(itertools.product([False, True], repeat=2)),
-                         ids=["NN", "TN", "NT", "TT"])
-@pytest.mark.parametrize("m,k,n", MATMUL_SHAPES, ids=[f"{m}x{k}x{n}" for m, k, n in MATMUL_SHAPES])
-def test_matmul_matches_numpy(backend, dtype, m, k, n, trans_a, trans_b, mode, rng, assert_within):
+TRANSPOSES = list(itertools.product([False, True], repeat=2))
+TRANSPOSE_IDS = ["NN", "TN", "NT", "TT"]
+
+
+def operands(rng, m, k, n, trans_a, trans_b, dtype):
+    """a and b such that op(a) is m x k and op(b) k x n, and op(a), op(b) in float64."""
     a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
     b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
-    a64, b64 = f64(a.T if trans_a else a), f64(b.T if trans_b else b)
-    c = rng.standard_normal((m, n)).astype(dtype)
+    return a, b, f64(a.T if trans_a else a), f64(b.T if trans_b else b)
 
-    if mode == "new":
-        result = Matrix(a).matmul(Matrix(b), trans_a=trans_a, trans_b=trans_b)
-        c64 = np.zeros((m, n))
-    elif mode == "out":   # out starts as NaN: every element must be overwritten
-        out = Matrix.full(m, n, np.nan, dtype=dtype)
-        result = Matrix(a).matmul(Matrix(b), trans_a=trans_a, trans_b=trans_b, out=out)
-        assert result is out
-        c64 = np.zeros((m, n))
-    else:
-        out = Matrix(c.copy())
-        result = Matrix(a).matmul(Matrix(b), trans_a=trans_a, trans_b=trans_b, out=out, accumulate=True)
-        assert result is out
-        c64 = f64(c)
 
+@pytest.mark.parametrize("trans_a,trans_b", TRANSPOSES, ids=TRANSPOSE_IDS)
+@pytest.mark.parametrize("m,k,n", MATMUL_SHAPES, ids=[f"{m}x{k}x{n}" for m, k, n in MATMUL_SHAPES])
+def test_matmul_matches_numpy(backend, dtype, m, k, n, trans_a, trans_b, rng, assert_within):
+    a, b, a64, b64 = operands(rng, m, k, n, trans_a, trans_b, dtype)
+    result = Matrix(a).matmul(Matrix(b), trans_a=trans_a, trans_b=trans_b)
     assert result.shape == (m, n) and result.dtype == dtype
-    assert_within(result, c64 + a64 @ b64, matmul_bound(a64, b64, c64, dtype))
+    assert_within(result, a64 @ b64, matmul_bound(a64, b64, 0, dtype))
+
+
+@pytest.mark.parametrize("accumulate", [False, True], ids=["overwrite", "accumulate"])
+@pytest.mark.parametrize("trans_a,trans_b", TRANSPOSES, ids=TRANSPOSE_IDS)
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (9, 257, 33), (17, 300, 65)], ids=["1x1x1", "9x257x33", "17x300x65"])
+def test_matmul_into_out(backend, dtype, m, k, n, trans_a, trans_b, accumulate, rng, assert_within):
+    a, b, a64, b64 = operands(rng, m, k, n, trans_a, trans_b, dtype)
+    # Without accumulate, out starts as NaN: every element must be overwritten.
+    c = rng.standard_normal((m, n)).astype(dtype) if accumulate else np.full((m, n), np.nan, dtype)
+    out = Matrix(c.copy())
+    result = Matrix(a).matmul(Matrix(b), trans_a=trans_a, trans_b=trans_b, out=out, accumulate=accumulate)
+    assert result is out
+    c64 = f64(c) if accumulate else np.zeros((m, n))
+    assert_within(out, c64 + a64 @ b64, matmul_bound(a64, b64, c64, dtype))
+
+
+@pytest.mark.parametrize("relu", [False, True], ids=["linear", "linear_relu"])
+@pytest.mark.parametrize("m,k,n", MATMUL_SHAPES, ids=[f"{m}x{k}x{n}" for m, k, n in MATMUL_SHAPES])
+def test_linear_is_matmul_plus_bias_then_relu(backend, dtype, m, k, n, relu, rng, assert_within):
+    w, x = rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype)
+    bias = rng.standard_normal((m, 1)).astype(dtype)
+    got = Matrix(w).linear(Matrix(x), Matrix(bias), relu=relu)
+    w64, x64, b64 = f64(w), f64(x), np.broadcast_to(f64(bias), (m, n))
+    exact = w64 @ x64 + b64
+    # The bias is one more addition: matmul's bound with C = bias. relu (max(v, 0))
+    # only shrinks the difference; exactly-zero outputs appear where exact <= 0.
+    assert_within(got, np.maximum(exact, 0) if relu else exact, matmul_bound(w64, x64, b64, dtype))
 
 
 def test_matmul_operator_is_the_plain_product(backend, dtype, rng):
@@ -117,38 +136,40 @@ def operand_shape(kind, rows, cols):
     return {"full": (rows, cols), "col": (rows, 1), "row": (1, cols), "one": (1, 1)}[kind]
 
 
+# + - * / each make one correctly rounded operation per element: the results
+# must equal NumPy's bit for bit.
+
 @pytest.mark.parametrize("rows,cols", [(7, 13), (131, 509)], ids=["7x13", "131x509"])
 @pytest.mark.parametrize("left,right", list(itertools.product(BROADCAST_KINDS, repeat=2)),
                          ids=[f"{l}-{r}" for l, r in itertools.product(BROADCAST_KINDS, repeat=2)])
-@pytest.mark.parametrize("op", OPS)
-def test_broadcasting_equals_numpy_exactly(backend, dtype, op, left, right, rows, cols, rng):
-    # One correctly rounded operation per element: NumPy's result, bit for bit.
+def test_broadcasting_equals_numpy_exactly(backend, dtype, left, right, rows, cols, rng):
     a = signed(rng, operand_shape(left, rows, cols), dtype)
     b = signed(rng, operand_shape(right, rows, cols), dtype)
-    got = OPS[op](Matrix(a), Matrix(b))
-    expected = OPS[op](a, b)
-    assert got.shape == expected.shape and got.dtype == dtype
-    np.testing.assert_array_equal(got.numpy(), expected)
+    x, y = Matrix(a), Matrix(b)
+    for name, op in OPS.items():
+        got, expected = op(x, y), op(a, b)
+        assert got.shape == expected.shape and got.dtype == dtype, name
+        np.testing.assert_array_equal(got.numpy(), expected, err_msg=name)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
-@pytest.mark.parametrize("op", OPS)
-def test_binary_on_awkward_shapes_equals_numpy_exactly(backend, dtype, op, shape, rng):
+def test_binary_on_awkward_shapes_equals_numpy_exactly(backend, dtype, shape, rng):
     a, b = signed(rng, shape, dtype), signed(rng, shape, dtype)
-    np.testing.assert_array_equal(OPS[op](Matrix(a), Matrix(b)).numpy(), OPS[op](a, b))
+    for name, op in OPS.items():
+        np.testing.assert_array_equal(op(Matrix(a), Matrix(b)).numpy(), op(a, b), err_msg=name)
 
 
 @pytest.mark.parametrize("number", [2.5, -3, 0.1], ids=["2.5", "-3", "0.1"])
-@pytest.mark.parametrize("op", OPS)
-def test_number_on_either_side_equals_numpy_exactly(backend, dtype, op, number, rng):
+def test_number_on_either_side_equals_numpy_exactly(backend, dtype, number, rng):
     # A number becomes a value of the matrix's dtype (0.1 is rounded to float32 first).
     a = signed(rng, (13, 31), dtype)
     s = dtype(number)
-    right, left = OPS[op](Matrix(a), number), OPS[op](number, Matrix(a))
-    assert isinstance(right, Matrix) and isinstance(left, Matrix)
-    assert right.dtype == left.dtype == dtype
-    np.testing.assert_array_equal(right.numpy(), OPS[op](a, s))
-    np.testing.assert_array_equal(left.numpy(), OPS[op](s, a))
+    for name, op in OPS.items():
+        right, left = op(Matrix(a), number), op(number, Matrix(a))
+        assert isinstance(right, Matrix) and isinstance(left, Matrix), name
+        assert right.dtype == left.dtype == dtype, name
+        np.testing.assert_array_equal(right.numpy(), op(a, s), err_msg=f"matrix {name} number")
+        np.testing.assert_array_equal(left.numpy(), op(s, a), err_msg=f"number {name} matrix")
 
 
 # -------------------------------------------------------- element-wise, unary
@@ -168,13 +189,12 @@ EXACT_UNARY = {  # name: (mocrograd, NumPy)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
-@pytest.mark.parametrize("name", EXACT_UNARY)
-def test_exact_unary_equals_numpy(backend, dtype, name, shape, rng):
+def test_exact_unary_equals_numpy(backend, dtype, shape, rng):
     x = with_zeros(rng, shape, dtype)
-    ours, theirs = EXACT_UNARY[name]
-    got = ours(Matrix(x))
-    assert got.dtype == dtype
-    np.testing.assert_array_equal(got.numpy(), theirs(x))
+    for name, (ours, theirs) in EXACT_UNARY.items():
+        got = ours(Matrix(x))
+        assert got.dtype == dtype, name
+        np.testing.assert_array_equal(got.numpy(), theirs(x), err_msg=name)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
@@ -194,17 +214,16 @@ TRANSCENDENTAL = {  # name: (mocrograd, NumPy in float64, input sampler)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
-@pytest.mark.parametrize("name", TRANSCENDENTAL)
-def test_exp_log_pow_within_a_few_ulp(backend, dtype, name, shape, rng, assert_within):
+def test_exp_log_pow_within_a_few_ulp(backend, dtype, shape, rng, assert_within):
     # glibc's exp/log/pow (which the kernels call, in float or double) are accurate
     # to within 1 ulp, NumPy's float64 versions to about 1 ulp too: 4 ulp, i.e.
     # 4 eps |exact|, bounds their difference with room to spare.
-    ours, exact, sample = TRANSCENDENTAL[name]
-    x = sample(rng, shape).astype(dtype)
-    got = ours(Matrix(x))
-    assert got.dtype == dtype
-    expected = exact(f64(x))
-    assert_within(got, expected, 4 * eps(dtype) * np.abs(expected), name)
+    for name, (ours, exact, sample) in TRANSCENDENTAL.items():
+        x = sample(rng, shape).astype(dtype)
+        got = ours(Matrix(x))
+        assert got.dtype == dtype, name
+        expected = exact(f64(x))
+        assert_within(got, expected, 4 * eps(dtype) * np.abs(expected), name)
 
 
 # ------------------------------------------------------------- reductions
@@ -213,53 +232,67 @@ AXES = [None, 0, 1]
 AXIS_IDS = ["all", "axis0", "axis1"]
 
 
-@pytest.mark.parametrize("axis", AXES, ids=AXIS_IDS)
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
-def test_sum_matches_numpy(backend, dtype, shape, axis, rng, assert_within):
+def test_sum_matches_numpy(backend, dtype, shape, rng, assert_within):
     # The kernels add in float64 (error <= n u64 sum|x| for n terms, in any order),
     # the oracle too, then round once to dtype (<= u |sum| <= u sum|x|), so
     # (eps + 2 n eps64) * sum|x| bounds the difference.
     x = rng.standard_normal(shape).astype(dtype)
-    got = Matrix(x).sum(axis)
-    n = x.size if axis is None else shape[axis]
-    magnitude = np.abs(f64(x)).sum(axis=axis, keepdims=True)
-    assert got.dtype == dtype
-    assert_within(got, f64(x).sum(axis=axis, keepdims=True), (eps(dtype) + 2 * n * EPS64) * magnitude)
+    for axis in AXES:
+        got = Matrix(x).sum(axis)
+        n = x.size if axis is None else shape[axis]
+        magnitude = np.abs(f64(x)).sum(axis=axis, keepdims=True)
+        assert got.dtype == dtype
+        assert_within(got, f64(x).sum(axis=axis, keepdims=True), (eps(dtype) + 2 * n * EPS64) * magnitude,
+                      f"sum(axis={axis})")
 
 
-@pytest.mark.parametrize("axis", AXES, ids=AXIS_IDS)
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
-def test_max_equals_numpy(backend, dtype, shape, axis, rng):
+def test_sum_squares_matches_numpy(backend, dtype, shape, rng):
+    # Squares of dtype values are exact in float64 (float32) or round once (float64);
+    # summing n of them in float64 is off by <= n u64 sum(x^2), in the oracle too.
     x = rng.standard_normal(shape).astype(dtype)
-    got = Matrix(x).max(axis)
-    assert got.dtype == dtype
-    np.testing.assert_array_equal(got.numpy(), x.max(axis=axis, keepdims=True))
+    got = Matrix(x).sum_squares()
+    assert isinstance(got, float)
+    exact = np.sum(f64(x) ** 2)
+    assert abs(got - exact) <= 2 * (x.size + 1) * EPS64 * exact
 
 
-@pytest.mark.parametrize("axis", AXES, ids=AXIS_IDS)
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+def test_max_equals_numpy(backend, dtype, shape, rng):
+    x = rng.standard_normal(shape).astype(dtype)
+    for axis in AXES:
+        got = Matrix(x).max(axis)
+        assert got.dtype == dtype
+        np.testing.assert_array_equal(got.numpy(), x.max(axis=axis, keepdims=True), err_msg=f"axis={axis}")
+
+
 @pytest.mark.parametrize("where", [(0, 0), (6, 200), (130, 508)], ids=["first", "middle", "last"])
-def test_max_propagates_nan(backend, dtype, axis, where, rng):
+def test_max_propagates_nan(backend, dtype, where, rng):
     x = rng.standard_normal((131, 509)).astype(dtype)
     x[where] = np.nan
-    got = Matrix(x).max(axis).numpy()
-    assert np.isnan(got).sum() == 1
-    np.testing.assert_array_equal(got, x.max(axis=axis, keepdims=True))   # NaN in the same place
+    for axis in AXES:
+        got = Matrix(x).max(axis).numpy()
+        assert np.isnan(got).sum() == 1, f"axis={axis}"
+        np.testing.assert_array_equal(got, x.max(axis=axis, keepdims=True), err_msg=f"axis={axis}")
 
 
-@pytest.mark.parametrize("axis", AXES, ids=AXIS_IDS)
-def test_max_of_infinities(backend, dtype, axis):
+def test_max_of_infinities(backend, dtype):
     x = np.full((7, 13), -np.inf, dtype=dtype)
     x[3, 4] = np.inf
-    np.testing.assert_array_equal(Matrix(x).max(axis).numpy(), x.max(axis=axis, keepdims=True))
+    for axis in AXES:
+        np.testing.assert_array_equal(Matrix(x).max(axis).numpy(), x.max(axis=axis, keepdims=True),
+                                      err_msg=f"axis={axis}")
 
 
-@pytest.mark.parametrize("axis", [0, 1], ids=["axis0", "axis1"])
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
-def test_argmax_takes_the_first_of_tied_maxima(backend, dtype, shape, axis, rng):
+def test_argmax_takes_the_first_of_tied_maxima(backend, dtype, shape, rng):
     x = rng.integers(0, 3, shape).astype(dtype)   # three distinct values: ties everywhere
-    got = Matrix(x).argmax(axis)
-    assert got.dtype == np.intp
-    np.testing.assert_array_equal(got, np.argmax(x, axis=axis, keepdims=True))   # NumPy: first index
+    for axis in (0, 1):
+        got = Matrix(x).argmax(axis)
+        assert got.dtype == np.intp
+        np.testing.assert_array_equal(got, np.argmax(x, axis=axis, keepdims=True),   # NumPy: first index
+                                      err_msg=f"axis={axis}")
 
 
 def test_argmax_tie_example(backend):
@@ -278,35 +311,36 @@ def log_softmax_oracle(x64, axis):
 
 
 @pytest.mark.parametrize("offset", [0.0, 1000.0, -1000.0], ids=["centered", "plus1000", "minus1000"])
-@pytest.mark.parametrize("axis", [0, 1], ids=["axis0", "axis1"])
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
-def test_log_softmax_is_stable_and_matches_numpy(backend, dtype, shape, axis, offset, rng, assert_within):
+def test_log_softmax_is_stable_and_matches_numpy(backend, dtype, shape, offset, rng, assert_within):
     # Around +-1000, exp(x) overflows or underflows: only the max-shifted formula works.
     x = (offset + 3 * rng.standard_normal(shape)).astype(dtype)
-    got = Matrix(x).log_softmax(axis)
-    expected, top = log_softmax_oracle(f64(x), axis)
-    assert np.isfinite(got.numpy()).all()
-    # Computed in float64, then rounded once to dtype (<= u |result|). In float64,
-    # x - top - log(total) cancels: each step is off by <= u times its operands
-    # (|x|, |top|), and log(total) by about n u for a sum of n exponentials.
-    n = shape[axis]
-    bound = eps(dtype) * np.abs(expected) + 8 * EPS64 * (np.abs(f64(x)) + np.abs(top) + n + 1)
-    assert_within(got, expected, bound)
+    for axis in (0, 1):
+        got = Matrix(x).log_softmax(axis)
+        expected, top = log_softmax_oracle(f64(x), axis)
+        assert np.isfinite(got.numpy()).all(), f"axis={axis}"
+        # Computed in float64, then rounded once to dtype (<= u |result|). In float64,
+        # x - top - log(total) cancels: each step is off by <= u times its operands
+        # (|x|, |top|), and log(total) by about n u for a sum of n exponentials.
+        n = shape[axis]
+        bound = eps(dtype) * np.abs(expected) + 8 * EPS64 * (np.abs(f64(x)) + np.abs(top) + n + 1)
+        assert_within(got, expected, bound, f"axis={axis}")
 
 
-@pytest.mark.parametrize("axis", [0, 1], ids=["axis0", "axis1"])
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
-def test_log_softmax_grad_matches_the_formula(backend, dtype, shape, axis, rng, assert_within):
-    y = log_softmax_oracle(3 * rng.standard_normal(shape), axis)[0].astype(dtype)   # a real forward output
+def test_log_softmax_grad_matches_the_formula(backend, dtype, shape, rng, assert_within):
     g = rng.standard_normal(shape).astype(dtype)
-    got = Matrix(y).log_softmax_grad(Matrix(g), axis)
-    y64, g64 = f64(y), f64(g)
-    expected = g64 - np.exp(y64) * g64.sum(axis=axis, keepdims=True)
-    # Computed in float64 and rounded once (<= u |result|); before that, the sum of n
-    # terms is off by <= n u64 sum|g|, exp(y) and the products by a few u64.
-    n = shape[axis]
-    scale = np.abs(g64) + np.exp(y64) * np.abs(g64).sum(axis=axis, keepdims=True)
-    assert_within(got, expected, eps(dtype) * np.abs(expected) + 4 * (n + 2) * EPS64 * scale)
+    for axis in (0, 1):
+        y = log_softmax_oracle(3 * rng.standard_normal(shape), axis)[0].astype(dtype)   # a forward output
+        got = Matrix(y).log_softmax_grad(Matrix(g), axis)
+        y64, g64 = f64(y), f64(g)
+        expected = g64 - np.exp(y64) * g64.sum(axis=axis, keepdims=True)
+        # Computed in float64 and rounded once (<= u |result|); before that, the sum of n
+        # terms is off by <= n u64 sum|g|, exp(y) and the products by a few u64.
+        n = shape[axis]
+        scale = np.abs(g64) + np.exp(y64) * np.abs(g64).sum(axis=axis, keepdims=True)
+        assert_within(got, expected, eps(dtype) * np.abs(expected) + 4 * (n + 2) * EPS64 * scale,
+                      f"axis={axis}")
 
 
 # --------------------------------------------------------------- in place
@@ -343,9 +377,9 @@ def adam_oracle(p, g, m, v, lr, b1, b2, eps_, c1, c2, wd):
     return p - lr / c1 * m / (np.sqrt(v / c2) + eps_), m, v
 
 
-@pytest.mark.parametrize("weight_decay", [0.0, 0.01], ids=["plain", "decay"])
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
-def test_adam_step_matches_the_formula(backend, dtype, shape, weight_decay, rng, assert_within):
+def test_adam_step_matches_the_formula(backend, dtype, shape, rng, assert_within):
+    weight_decay = 0.01
     p, g, m = (rng.standard_normal(shape).astype(dtype) for _ in range(3))
     v = rng.uniform(0.5, 1.5, shape).astype(dtype)   # second moments stay away from 0
     hyper = dict(lr=0.01, b1=0.9, b2=0.999, eps_=1e-8, c1=1 - 0.9 ** 3, c2=1 - 0.999 ** 3, wd=weight_decay)
@@ -363,7 +397,12 @@ def test_adam_step_matches_the_formula(backend, dtype, shape, weight_decay, rng,
 
 # ----------------------------------------- bit-identical for any worker count
 
+# dynamic gives a kernel a second worker only from 2**20 operations on, and only
+# while its contention probe finds the cores idle (on a busy machine it stays on
+# one worker, and this test checks little for it); optimized always cuts the
+# output into exactly `workers` chunks.
 WORKER_COUNTS = (1, 2, 3, 7)
+ROWS, COLS = 257, 4099   # over 2**20 elements
 
 
 def make_inputs(dtype):
@@ -374,12 +413,13 @@ def make_inputs(dtype):
         x = rng.standard_normal(shape) if low is None else rng.uniform(low, 3, shape)
         return Matrix(x.astype(dtype))
 
-    x = mat(131, 509)
+    x = mat(ROWS, COLS)
     return SimpleNamespace(
-        x=x, y=mat(131, 509), col=mat(131, 1), row=mat(1, 509), positive=mat(131, 509, low=0.1),
+        x=x, y=mat(ROWS, COLS), col=mat(ROWS, 1), row=mat(1, COLS), positive=mat(ROWS, COLS, low=0.1),
+        v=mat(ROWS, COLS, low=0.5), logp0=x.log_softmax(0), logp1=x.log_softmax(1),
+        # matmul: 33 x 5 tiles of 8 x 32, three k-blocks of 256, the last one 1 deep
         a=mat(257, 513), b=mat(513, 129), at=mat(513, 257), bt=mat(129, 513), c=mat(257, 129),
-        logp0=x.log_softmax(0), logp1=x.log_softmax(1),
-        v=mat(131, 509, low=0.5),
+        bias=mat(257, 1),
     )
 
 
@@ -395,6 +435,8 @@ KERNELS = {
     "matmul_NT": lambda t: t.a.matmul(t.bt, trans_b=True),
     "matmul_TT": lambda t: t.at.matmul(t.bt, trans_a=True, trans_b=True),
     "matmul_accumulate": lambda t: t.a.matmul(t.b, out=t.c.copy(), accumulate=True),
+    "linear": lambda t: t.a.linear(t.b, t.bias),
+    "linear_relu": lambda t: t.a.linear(t.b, t.bias, relu=True),
     "add": lambda t: t.x + t.y,
     "sub_column": lambda t: t.x - t.col,
     "mul_row": lambda t: t.row * t.x,
@@ -410,6 +452,7 @@ KERNELS = {
     "sum": lambda t: t.x.sum(),
     "sum_axis0": lambda t: t.x.sum(0),
     "sum_axis1": lambda t: t.x.sum(1),
+    "sum_squares": lambda t: t.x.sum_squares(),
     "max": lambda t: t.x.max(),
     "max_axis0": lambda t: t.x.max(0),
     "max_axis1": lambda t: t.x.max(1),
@@ -427,6 +470,13 @@ KERNELS = {
 }
 
 
+def scribble_over_free_memory(nbytes):
+    """Allocate, fill with NaN and free a block of nbytes: the allocator tends to hand
+    the same block to the next array of that size, so an output element a kernel
+    forgot to write shows up as NaN instead of a stale copy of the previous result."""
+    np.full(nbytes // 8 + 1, np.nan)
+
+
 @pytest.fixture(scope="module")
 def inputs():
     return {dtype: make_inputs(dtype) for dtype in (np.float32, np.float64)}
@@ -437,6 +487,8 @@ def inputs():
 def test_results_are_bit_identical_for_any_worker_count(variant, kernel, dtype, inputs):
     results = {}
     for workers in WORKER_COUNTS:
+        if results:   # so a result's fresh buffer likely starts as NaN, not as the last result
+            scribble_over_free_memory(results[1].nbytes)
         with mocrograd.backend(variant, workers):
             results[workers] = np.array(KERNELS[kernel](inputs[dtype]))
     for workers in WORKER_COUNTS[1:]:

@@ -56,6 +56,19 @@ OPS = (
        case("squared-error-mean", lambda a, b: ((a - b) ** 2).mean(), [(3, 4), (3, 4)],
             lambda a, b: np.mean((a - b) ** 2, keepdims=True)),
        case("reused-node", lambda a: a * a + a / (a * a - 3), [(3, 4)])]
+    + [case("sum_squares", Tensor.sum_squares, [(3, 4)], lambda x: np.sum(x * x, keepdims=True)),
+       case("sum_squares-of-non-leaf", lambda x: (x * 2).sum_squares(), [(3, 4)],
+            lambda x: np.sum(4 * x * x, keepdims=True))]
+    # the fused Linear node: W and b leaves (W's gradient added in place), W a computed tensor,
+    # W shared by two layers, W also in a sum_squares penalty
+    + [case(f"linear{'-relu' * relu}", lambda w, x, b, relu=relu: mg.linear(x, w, b, relu), [(3, 4), (4, 5), (3, 1)],
+            lambda w, x, b, relu=relu: np.maximum(w @ x + b, 0) if relu else w @ x + b) for relu in (False, True)]
+    + [case("linear-computed-weight", lambda w, x, b: mg.linear(x, w * 2, b), [(3, 4), (4, 5), (3, 1)],
+            lambda w, x, b: 2 * w @ x + b),
+       case("linear-shared-weight", lambda w, x, b: mg.linear(mg.linear(x, w, b, relu=True), w, b),
+            [(4, 4), (4, 5), (4, 1)], lambda w, x, b: w @ np.maximum(w @ x + b, 0) + b),
+       case("linear-plus-penalty", lambda w, x, b: mg.linear(x, w, b).sum() + w.sum_squares() * 0.5,
+            [(3, 4), (4, 5), (3, 1)], lambda w, x, b: np.sum(w @ x + b, keepdims=True) + 0.5 * np.sum(w * w))]
 )
 
 
@@ -210,6 +223,24 @@ def test_gradients_accumulate_across_backward_calls_until_zero_grad():
     assert x.grad is None
     (x * x).sum().backward()
     np.testing.assert_array_equal(x.grad.numpy(), [[2, 4]])
+
+
+def test_fused_linear_gradients_accumulate_across_backward_calls():
+    w = Tensor([[1.0, 2.0]], requires_grad=True)
+    b = Tensor([[0.5]], requires_grad=True)
+    x = Tensor([[3.0], [4.0]])
+    for _ in range(2):
+        mg.linear(x, w, b).sum().backward()
+    np.testing.assert_array_equal(w.grad.numpy(), [[6, 8]])
+    np.testing.assert_array_equal(b.grad.numpy(), [[2]])
+    assert x.grad is None
+
+
+def test_fused_linear_takes_a_matrix_batch_of_the_same_dtype():
+    w, b = Tensor([[1.0, 2.0]], requires_grad=True), Tensor([[0.5]], requires_grad=True)
+    np.testing.assert_array_equal(mg.linear(Matrix([[3.0], [4.0]]), w, b).numpy(), [[11.5]])
+    with pytest.raises(TypeError, match="different dtypes"):
+        mg.linear(Tensor([[3.0], [4.0]], dtype=np.float64), w, b)
 
 
 def test_only_leaves_keep_a_gradient():
