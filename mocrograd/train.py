@@ -10,14 +10,23 @@ printing the training and validation loss and accuracy of every epoch and each m
 total training time.
 """
 import argparse
+import contextlib
+import itertools
 import json
+import math
+import os
+import shlex
+import signal
 import sys
+import threading
 import time
 
 import numpy as np
 
 from . import __version__, nn
+from . import random as _random
 from .backend import BACKENDS, backend, cpu_count
+from .checkpoint import CheckpointError, load_training, read_metadata, save_training
 from .data import DIGITS, DataLoader, load_digits
 from .random import manual_seed
 from .tensor import Tensor, no_grad
@@ -31,8 +40,9 @@ def make_optimizer(name, parameters, lr):
     return nn.SGD(parameters, lr=lr) if name == "sgd" else nn.Adam(parameters, lr=lr)
 
 
-def evaluate(model, loader):
-    """(mean loss, accuracy) over a loader, without recording a graph; (None, None) if it is empty."""
+def evaluate(model, loader, dist=None):
+    """(mean loss, accuracy) over a loader, without recording a graph; (None, None) if it is empty.
+    ``dist``: the loader holds this rank's share; the sums are taken over all ranks."""
     total_loss, correct, count = 0.0, 0.0, 0
     with no_grad():
         for x, y in loader:
@@ -40,51 +50,186 @@ def evaluate(model, loader):
             total_loss += nn.nll_loss(out, y).item() * len(y)
             correct += nn.accuracy(out, y) * len(y)
             count += len(y)
+    if dist is not None:
+        total_loss, correct, count = dist.sum(total_loss, correct, count)
     return (total_loss / count, correct / count) if count else (None, None)
 
 
+class TrainingInterrupted(Exception):
+    """``fit`` stopped because ``should_stop()`` became true (Ctrl-C in the command).
+
+    ``epoch`` is the epoch in progress and ``batch`` the batches of it that were
+    completed (``batch == batches``: the epoch ended, validation included);
+    ``checkpoint`` is the file that holds this state, or None."""
+
+    def __init__(self, epoch, batch, batches, checkpoint=None, model=None):
+        self.epoch, self.batch, self.batches, self.checkpoint, self.model = epoch, batch, batches, checkpoint, model
+        where = ("before training started" if epoch == 0 else f"after epoch {epoch}" if batch == batches else
+                 f"in epoch {epoch} after batch {batch} of {batches}")
+        super().__init__(f"interrupted {where}")
+
+
+class NonFiniteError(FloatingPointError):
+    """The loss, a gradient or a parameter became NaN or infinite: training diverged.
+
+    Raised before the optimizer step that would have spread it, and before any
+    checkpoint write, so the last checkpoint still holds finite parameters."""
+
+    def __init__(self, what, epoch, batch, lr):
+        self.what, self.epoch, self.batch, self.lr = what, epoch, batch, lr
+        super().__init__(f"{what} at epoch {epoch} batch {batch}: training diverged; "
+                         f"try a smaller learning rate than {lr:g}")
+
+
+def _finite(matrix):
+    """True when every element of a Matrix is finite (sum of squares in float64: NaN/inf propagate)."""
+    return math.isfinite(matrix.sum_squares())
+
+
+def _first_non_finite(params, names, which):
+    for name, p in zip(names, params):
+        matrix = p.grad.data if which == "gradient" else p.data
+        if which == "gradient" and p.grad is None:
+            continue
+        if not _finite(matrix):
+            return f"the {which} of {name} is not finite"
+    return None
+
+
 def fit(model, train, val, epochs=10, batch_size=32, lr=0.01, optimizer="sgd", l2=1e-4,
-        on_epoch=None, progress=False):
+        on_epoch=None, progress=False, checkpoint=None, resume=None, settings=None,
+        should_stop=None, check_finite=True, dist=None):
     """Train ``model`` for ``epochs`` epochs; return one dict of metrics per epoch.
 
     The objective is the mean negative log-likelihood plus ``l2_penalty`` (alpha = l2);
     the reported losses are the negative log-likelihood alone, so training and
     validation losses compare directly. ``on_epoch(metrics)`` is called after each epoch.
+
+    Reliability (see docs/reliability.md):
+
+    * ``checkpoint``: a path written atomically after every epoch (model, optimizer
+      state, epoch, RNG states, metrics so far, ``settings``).
+    * ``resume``: a checkpoint path to continue from; ``epochs`` is the total, so a
+      checkpoint after epoch k runs epochs k+1..epochs, and the result is bit-identical
+      to an uninterrupted run (same backend). Returns the whole history.
+    * ``should_stop()``: checked after every step; when true, the state after that
+      step is written to ``checkpoint`` (if any) and TrainingInterrupted is raised.
+    * ``check_finite``: a non-finite loss or gradient raises NonFiniteError before
+      the optimizer step; nothing non-finite is ever written to ``checkpoint``.
+
+    ``dist`` (a ``mocrograd.distributed.Distributed``): data-parallel training over MPI;
+    this rank trains on its share of every batch and the gradients are summed over the
+    ranks in ``opt.step()`` (see mocrograd/distributed.py and docs/scaling.md).
     """
-    train_loader = DataLoader(train, batch_size)
-    val_loader = DataLoader(val, batch_size)
+    began = time.perf_counter()
+    train_loader = DataLoader(train, batch_size) if dist is None else dist.loader(train, batch_size)
+    val_loader = DataLoader(val, batch_size) if dist is None else dist.loader(val, batch_size, train=False)
     opt = make_optimizer(optimizer, model.parameters(), lr)
+    if dist is not None:   # rank 0's parameters on every rank; step() first sums the gradients over the ranks
+        opt = dist.wrap(model, opt)
     weights = [p for p in model.parameters()]
-    history = []
-    for epoch in range(1, epochs + 1):
+    names = [name for name, _ in model.named_parameters()]
+    batches_per_epoch = len(train_loader)
+    run_config = {"epochs": epochs, "batch_size": batch_size, "optimizer": optimizer, "l2": l2,
+                  "train_examples": len(train), "val_examples": len(val)}
+    history, done, skip, partial, elapsed = [], 0, 0, None, 0.0
+    if resume is not None:
+        state = _resume(resume, model, opt, run_config)
+        history, done, skip = state["history"], state["epoch"], state["batch"]
+        partial, elapsed = state.get("partial"), state.get("elapsed", 0.0)
+        _random.generator().bit_generator.state = state["rng"]["mocrograd"]
+        train_loader.rng.bit_generator.state = state["rng"]["train_loader"]
+        if dist is not None and partial and not dist.is_root:   # the saved sums are over all ranks: count once
+            partial = dict(partial, loss_sum=0.0, correct=0.0)
+
+    def save(epoch_done, batch_done, loader_state, sums, at):
+        """Write the state after ``epoch_done`` epochs and ``batch_done`` batches of the next; ``at``
+        is the (epoch, batch) just finished, for messages."""
+        if checkpoint is None:
+            return
+        if check_finite:
+            bad = _first_non_finite(weights, names, "parameter")
+            if bad:
+                raise NonFiniteError(bad, *at, lr)
+        save_training(checkpoint, model, opt, {
+            "epoch": epoch_done, "batch": batch_done, "batches": batches_per_epoch, "partial": sums,
+            "history": history, "config": run_config, "settings": settings,
+            "elapsed": elapsed + time.perf_counter() - began,
+            "rng": {"mocrograd": _random.generator().bit_generator.state, "train_loader": loader_state}})
+
+    for epoch in range(done + 1, epochs + 1):
         start = time.perf_counter()
         model.train()
-        loss_sum, correct = 0.0, 0.0
-        batches = _progress(train_loader, epoch, epochs) if progress else train_loader
-        for x, y in batches:
-            out = model(Tensor(x))
-            loss = nn.nll_loss(out, y)
-            penalty = nn.l2_penalty(weights, l2)
-            objective = loss if penalty is None else loss + penalty
-            opt.zero_grad(set_to_none=False)   # keep the gradient buffers: no new large allocations
-            objective.backward()
-            opt.step()
-            loss_sum += loss.item() * len(y)
-            correct += nn.accuracy(out, y) * len(y)
+        loader_state = train_loader.rng.bit_generator.state   # the epoch's shuffle (if any) starts here
+        first = skip + 1
+        loss_sum, correct, seconds = (partial["loss_sum"], partial["correct"], partial["seconds"]) if skip else (
+            0.0, 0.0, 0.0)
+        batches = itertools.islice(iter(train_loader), skip, None)
+        skip, partial = 0, None
+        bar = _progress(batches, epoch, epochs, batches_per_epoch, first - 1) if progress else None
+        try:
+            for batch, (x, y) in enumerate(bar if bar is not None else batches, start=first):
+                out = model(Tensor(x))
+                loss = nn.nll_loss(out, y)
+                penalty = nn.l2_penalty(weights, l2)
+                objective = loss if penalty is None else loss + penalty
+                opt.zero_grad(set_to_none=False)   # keep the gradient buffers: no new large allocations
+                objective.backward()
+                if check_finite:
+                    value = objective.item()
+                    bad = (f"the loss is {value}" if not math.isfinite(value) else
+                           _first_non_finite(weights, names, "gradient"))
+                    if bad:
+                        raise NonFiniteError(bad, epoch, batch, lr)
+                opt.step()
+                loss_sum += loss.item() * len(y)
+                correct += nn.accuracy(out, y) * len(y)
+                if should_stop is not None and batch < batches_per_epoch and should_stop():
+                    sums = {"loss_sum": loss_sum, "correct": correct,
+                            "seconds": seconds + time.perf_counter() - start}
+                    if dist is not None:
+                        sums["loss_sum"], sums["correct"] = dist.sum(loss_sum, correct)
+                    save(epoch - 1, batch, loader_state, sums, (epoch, batch))
+                    raise TrainingInterrupted(epoch, batch, batches_per_epoch, checkpoint)
+        finally:
+            if bar is not None:
+                bar.close()
         model.eval()
-        val_loss, val_acc = evaluate(model, val_loader)
+        if dist is not None:
+            loss_sum, correct = dist.sum(loss_sum, correct)
+        val_loss, val_acc = evaluate(model, val_loader, dist)
         metrics = {"epoch": epoch, "train_loss": loss_sum / len(train), "train_acc": correct / len(train),
-                   "val_loss": val_loss, "val_acc": val_acc, "seconds": time.perf_counter() - start}
+                   "val_loss": val_loss, "val_acc": val_acc, "seconds": seconds + time.perf_counter() - start}
         history.append(metrics)
         if on_epoch is not None:
             on_epoch(metrics)
+        save(epoch, 0, train_loader.rng.bit_generator.state, None, (epoch, batches_per_epoch))
+        if should_stop is not None and epoch < epochs and should_stop():
+            raise TrainingInterrupted(epoch, batches_per_epoch, batches_per_epoch, checkpoint)
     return history
 
 
-def _progress(loader, epoch, epochs):
+def _resume(path, model, opt, run_config):
+    """Load a training checkpoint into model and optimizer and return its progress dict, after
+    checking that it was made by a run with the same configuration (nothing is assigned otherwise)."""
+    meta = read_metadata(path)
+    progress, saved = meta.get("progress"), dict(meta.get("progress", {}).get("config", {}))
+    saved["lr"] = meta.get("optimizer", {}).get("lr")
+    for key in ("epoch", "batch", "history", "rng"):
+        if not isinstance(progress, dict) or key not in progress:
+            raise CheckpointError(f"{path}: not a checkpoint written by fit() (its progress has no {key!r})")
+    for key, value in dict(run_config, lr=opt.lr).items():
+        if key in saved and key != "epochs" and saved[key] != value:
+            raise CheckpointError(f"{path}: the checkpoint was trained with {key} {saved[key]!r}, "
+                                  f"this run has {value!r}")
+    return load_training(path, model, opt)   # validates names, shapes and dtypes, then assigns
+
+
+def _progress(batches, epoch, epochs, total, initial=0):
     """A tqdm bar over the batches, shown only when an epoch takes more than a second."""
     from tqdm import tqdm
-    return tqdm(loader, desc=f"epoch {epoch}/{epochs}", leave=False, delay=1.0, unit="batch")
+    return tqdm(batches, desc=f"epoch {epoch}/{epochs}", leave=False, delay=1.0, unit="batch",
+                total=total, initial=initial)
 
 
 def _format(name, metrics, epochs):
@@ -97,8 +242,12 @@ def _format(name, metrics, epochs):
 # ------------------------------------------------------------ command line
 
 class _Parser(argparse.ArgumentParser):
+    abort = None   # --distributed: Distributed.abort, so that an error on any one rank stops every rank
+
     def error(self, message):
         """Invalid arguments: one line on stderr, exit status 2."""
+        if self.abort is not None:
+            self.abort(f"{self.prog}: error: {message}", 2)
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
@@ -129,6 +278,16 @@ def _nonnegative_float(text):
     return value
 
 
+def _nonnegative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def build_parser():
     parser = _Parser(
         prog="python -m mocrograd.train",
@@ -155,11 +314,21 @@ def build_parser():
                         help="L2 penalty alpha on the weights (0 turns it off)")
     parser.add_argument("--shuffle", action="store_true",
                         help="shuffle the examples (with --seed) before the train/validation split")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=_nonnegative_int, default=0,
                         help="seed for initialization and shuffling: same seed, backend and workers, same numbers")
     parser.add_argument("--json", metavar="PATH", help="write per-epoch metrics and timings as JSON")
     parser.add_argument("--plot", metavar="PATH", help="write a PNG of loss and accuracy curves (needs matplotlib)")
     parser.add_argument("--quiet", action="store_true", help="print only each model's total time")
+    parser.add_argument("--checkpoint", metavar="PATH",
+                        help="after every epoch, write the model, optimizer state, epoch, RNG state and settings "
+                             "to PATH (atomically; needs a single --model); Ctrl-C also writes it")
+    parser.add_argument("--resume", metavar="PATH",
+                        help="continue the run saved in PATH with its settings (--epochs is the total); "
+                             "keeps checkpointing to PATH unless --checkpoint is given")
+    parser.add_argument("--distributed", action="store_true",
+                        help="data-parallel training over MPI, run as: mpiexec -n N python -m mocrograd.train "
+                             "--distributed ...; each rank trains on a share of every batch (needs mocrograd[mpi]; "
+                             "--workers defaults to the cores per rank; see docs/scaling.md)")
     parser.add_argument("--version", action="version", version=f"mocrograd {__version__}")
     return parser
 
@@ -182,30 +351,153 @@ def parse_args(argv=None):
             import matplotlib  # noqa: F401
         except ImportError:
             parser.error("--plot needs matplotlib: pip install 'mocrograd[plot]'")
+    if args.distributed:   # start MPI: from here on, an error on one rank (a missing file) stops every rank
+        from .distributed import start as start_mpi
+        parser.abort = start_mpi(parser).abort
+    if args.resume:
+        _merge_resume(parser, args, _given_options(argv))
+        if args.checkpoint is None:
+            args.checkpoint = args.resume
+    if args.checkpoint and args.model == "all":
+        parser.error("--checkpoint and --resume need a single --model (normal, longer or bigger), not all")
+    for option in ("checkpoint", "json", "plot"):   # output files: fail now, not after hours of training
+        path = getattr(args, option)
+        if path:
+            directory = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(directory):
+                parser.error(f"--{option} {path}: the directory {directory} does not exist")
+            if os.path.isdir(path):
+                parser.error(f"--{option} {path}: is a directory; give a file name")
     return args
 
 
+# The settings a checkpoint records. Those in FIXED define the training (a resumed
+# run must keep them); backend, workers and epochs may change on resume.
+SETTINGS = ("model", "backend", "workers", "lr", "optimizer", "batch_size", "l2", "seed", "length", "shuffle",
+            "epochs")
+FIXED = ("model", "optimizer", "lr", "batch_size", "l2", "seed", "length", "shuffle")
+
+
+def _given_options(argv):
+    """The destinations the command line sets explicitly (defaults left out)."""
+    unset = object()   # not a string: argparse would run a positional's type on a string default
+    probe = build_parser()
+    dests = vars(probe.parse_args(argv))
+    probe.set_defaults(**{dest: unset for dest in dests})
+    return {dest for dest, value in vars(probe.parse_args(argv)).items() if value is not unset}
+
+
+def _merge_resume(parser, args, given):
+    """Take the settings the command line leaves out from the --resume checkpoint; a given
+    setting that contradicts the checkpoint (another model, lr, ...) is an error."""
+    try:
+        meta = read_metadata(args.resume)
+    except CheckpointError as error:
+        parser.error(f"--resume: {error}")
+    progress = meta.get("progress") if isinstance(meta.get("progress"), dict) else {}
+    saved = progress.get("settings")
+    if meta.get("kind") != "training" or not isinstance(saved, dict) or not isinstance(progress.get("epoch"), int):
+        parser.error(f"--resume {args.resume}: not a checkpoint written by this command's --checkpoint")
+    aliases = {"epochs": {"epochs", "epochs_pos"}, "length": {"length", "length_pos"}}
+    for key in SETTINGS:
+        if key not in saved:
+            parser.error(f"--resume {args.resume}: the checkpoint does not record the setting {key!r}")
+        if not given & aliases.get(key, {key}):
+            setattr(args, key, saved[key])
+        elif key in FIXED and getattr(args, key) != saved[key]:
+            option = "--" + key.replace("_", "-")
+            parser.error(f"{option} {getattr(args, key)} conflicts with the checkpoint {args.resume}, which was "
+                         f"trained with {option} {saved[key]}; leave {option} out to resume")
+    if args.epochs <= progress["epoch"]:
+        parser.error(f"the checkpoint {args.resume} already completed {progress['epoch']} epochs and --epochs is "
+                     f"{args.epochs}; --epochs is the total, so ask for more than {progress['epoch']}")
+    args.resumed = {"checkpoint": args.resume, "epoch": progress["epoch"], "batch": progress.get("batch", 0),
+                    "elapsed": progress.get("elapsed", 0.0)}
+
+
+class _CtrlC:
+    """While active (main thread only), the first SIGINT just sets a flag, so training stops
+    cleanly after the current step; a second one raises KeyboardInterrupt at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+        self._installed = False
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc):
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.SIG_DFL)
+        return False
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __call__(self):
+        return self.requested
+
+
 def run(args, out=sys.stdout):
-    """Train the selected models; return the JSON-ready report."""
+    """Train the selected models; return the JSON-ready report.
+
+    Raises TrainingInterrupted after Ctrl-C (the state is in ``args.checkpoint`` if
+    given) and NonFiniteError when training diverges."""
     names = list(PROTOCOL) if args.model == "all" else [args.model]
     report = {"version": __version__, "settings": {k: v for k, v in vars(args).items() if not k.endswith("_pos")},
               "cores": cpu_count(), "models": {}}
-    with backend(args.backend, args.workers):
+    checkpoint, resume = getattr(args, "checkpoint", None), getattr(args, "resume", None)
+    resumed = getattr(args, "resumed", None) if resume else None
+    settings = {key: getattr(args, key) for key in SETTINGS}
+    dist, workers, guard = None, args.workers, contextlib.nullcontext()
+    if getattr(args, "distributed", False):   # mpiexec -n N ... --distributed
+        from .distributed import start as start_mpi
+        dist = start_mpi()
+        workers = args.workers or dist.default_workers()   # this machine's cores shared among its ranks
+        report["distributed"] = dist.describe(workers)
+        # an error on any rank aborts them all; a Ctrl-C stop, agreed by all ranks, is reported by rank 0
+        guard = dist.guard(passthrough=TrainingInterrupted, codes={NonFiniteError: 3}, others_exit=130)
+        if not dist.is_root:   # only rank 0 prints and writes files
+            out, checkpoint, args.json, args.plot = open(os.devnull, "w"), None, None, None
+    with backend(args.backend, workers), _CtrlC() as stop, guard:
+        if dist is not None:
+            stop = dist.agree(stop)   # Ctrl-C on any rank: every rank stops after the same step
         for name in names:
+            if stop():
+                raise TrainingInterrupted(0, 0, 0, None, model=name)
             length = max(1, args.length // PROTOCOL[name]) if args.model == "all" else args.length
             train, val = load_digits(length, shuffle=args.shuffle, seed=args.seed)
             manual_seed(args.seed)
             model = nn.build_model(name)
             if not args.quiet:
                 print(f"{name}: {model!r}, {len(train)} training and {len(val)} validation examples", file=out)
+                if resumed:
+                    where = (f"epoch {resumed['epoch'] + 1} after batch {resumed['batch']}" if resumed["batch"]
+                             else f"epoch {resumed['epoch'] + 1}")
+                    print(f"{name}: resuming from {resume} at {where}", file=out)
             echo = None if args.quiet else (lambda m, name=name: print(_format(name, m, args.epochs), file=out))
             start = time.perf_counter()
-            history = fit(model, train, val, args.epochs, args.batch_size, args.lr, args.optimizer, args.l2,
-                          on_epoch=echo, progress=not args.quiet)
-            total = time.perf_counter() - start
+            try:
+                history = fit(model, train, val, args.epochs, args.batch_size, args.lr, args.optimizer, args.l2,
+                              on_epoch=echo, progress=not args.quiet and (dist is None or dist.is_root),
+                              checkpoint=checkpoint, resume=resume, settings=settings, should_stop=stop, dist=dist)
+            except (TrainingInterrupted, NonFiniteError) as error:
+                error.model = name
+                raise
+            total = time.perf_counter() - start + (resumed["elapsed"] if resumed else 0.0)
             print(f"{name}: trained in {total:.3f}s", file=out)
             report["models"][name] = {"length": length, "train_examples": len(train),
                                       "val_examples": len(val), "total_seconds": total, "epochs": history}
+            if resumed:
+                report["models"][name]["resumed_from"] = {k: resumed[k] for k in ("checkpoint", "epoch", "batch")}
+    if dist is not None:
+        report["distributed"].update(steps=dist.steps, allreduce_seconds=dist.allreduce_seconds)
     return report
 
 
@@ -233,14 +525,66 @@ def plot(report, path):
     plt.close(fig)
 
 
+def _interrupted_line(stop, args):
+    """The one line printed after Ctrl-C: where training stopped and how to go on."""
+    text = str(stop) + (f" ({stop.model})" if getattr(stop, "model", None) else "")
+    if not stop.checkpoint:
+        return f"{text}; nothing was saved (pass --checkpoint PATH with a single --model to be able to resume)"
+    command = ["python", "-m", "mocrograd.train", "--resume", stop.checkpoint]
+    for option in ("json", "plot"):
+        if getattr(args, option, None):
+            command += [f"--{option}", getattr(args, option)]
+    if args.quiet:
+        command.append("--quiet")
+    return f"{text}; resume with: {shlex.join(command)}"
+
+
+def _kept_checkpoint(args):
+    """Where the last good state is, for the divergence message."""
+    path = getattr(args, "checkpoint", None)
+    if not path:
+        return "no checkpoint was written (no --checkpoint)"
+    try:
+        progress = read_metadata(path).get("progress", {})
+    except CheckpointError:
+        return f"no checkpoint was written to {path}"
+    return f"{path} still holds the state after epoch {progress.get('epoch')}" + (
+        f" batch {progress['batch']}" if progress.get("batch") else "")
+
+
 def main(argv=None):
+    """The command: 0 on success, 2 for invalid arguments or checkpoints, 3 when training
+    diverged (non-finite loss or gradient), 130 after Ctrl-C, 1 when a file cannot be written."""
     args = parse_args(argv)
-    report = run(args)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
-    if args.plot:
-        plot(report, args.plot)
+    prog = "python -m mocrograd.train"
+    try:
+        report = run(args)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(report, f, indent=2)
+        if args.plot:
+            plot(report, args.plot)
+    except TrainingInterrupted as stop:
+        sys.stdout.flush()
+        print(_interrupted_line(stop, args), file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        sys.stdout.flush()
+        print(f"interrupted (before training began, or by a second Ctrl-C); "
+              f"{_kept_checkpoint(args) if getattr(args, 'checkpoint', None) else 'nothing was saved'}",
+              file=sys.stderr)
+        return 130
+    except NonFiniteError as error:
+        sys.stdout.flush()
+        model = getattr(error, "model", None)
+        print(f"{prog}: error: {f'{model}: ' if model else ''}{error}; {_kept_checkpoint(args)}", file=sys.stderr)
+        return 3
+    except CheckpointError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

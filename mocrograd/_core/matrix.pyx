@@ -9,6 +9,7 @@ Matrices have at least one row and one column: an empty shape is rejected,
 because no layer, loss or optimizer has a use for one.
 """
 from cpython.buffer cimport PyBUF_FORMAT, PyBUF_ND, PyBUF_STRIDES
+from cpython.pyport cimport PY_SSIZE_T_MAX
 from cython cimport floating
 import numbers
 
@@ -207,6 +208,9 @@ def _to_array(data, dtype):
 cdef _check_shape(Py_ssize_t rows, Py_ssize_t cols):
     if rows < 1 or cols < 1:
         raise ValueError(f"Matrix needs at least one row and one column, got shape ({rows}, {cols})")
+    # Its size in bytes (8 per element at most) must fit a Py_ssize_t, or no allocator could serve it.
+    if rows > PY_SSIZE_T_MAX // 8 // cols:
+        raise MemoryError(f"a Matrix of shape ({rows}, {cols}) is too large to allocate")
 
 
 cdef Matrix _wrap(object array):
@@ -404,6 +408,9 @@ cdef class Matrix:
             raise ValueError(f"matmul: shapes {_shape_str(self)}{'.T' if trans_a else ''} and "
                              f"{_shape_str(b)}{'.T' if trans_b else ''} do not align ({k} != {kb})")
         result = _output(out, m, n, self.is64, "matmul")
+        if out is not None and (np.may_share_memory(result.array, self.array) or
+                                np.may_share_memory(result.array, b.array)):
+            raise ValueError("matmul: out must not overlap self or other (the product reads them while writing out)")
         if accumulate and out is None:
             raise ValueError("matmul: accumulate=True needs an out matrix to add to")
         cdef double work = <double>m * n * k

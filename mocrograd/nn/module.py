@@ -83,6 +83,23 @@ class Module:
         for name, value in checked.items():
             params[name].data.copy_(Matrix(value, dtype=params[name].dtype))
 
+    def save(self, path):
+        """Write the parameters to ``path`` (a NumPy .npz, see ``mocrograd.checkpoint``).
+
+        The write is atomic: a temporary file in the same directory is fsync'ed and
+        then renamed over ``path``, so a crash leaves the old file or the new one."""
+        from ..checkpoint import save_model
+        save_model(self, path)
+
+    def load(self, path):
+        """Read parameters written by ``save`` (or a training checkpoint) and return self.
+
+        Names, shapes and dtypes are checked before anything is assigned: a missing,
+        truncated, corrupted or other model's file raises ``CheckpointError`` (a
+        ValueError) and leaves the module untouched."""
+        from ..checkpoint import load_model
+        return load_model(self, path)
+
     def __repr__(self):
         lines = [f"{type(self).__name__}("]
         for name, value in vars(self).items():
