@@ -60,7 +60,9 @@ def main(spec_path, result_path):
         from mocrograd.train import fit
 
         mocrograd.set_backend(spec["backend"], spec["workers"])
-        info.update(backend=mocrograd.get_backend()[0], workers=spec["workers"] or mocrograd.cpu_count(),
+        name = mocrograd.get_backend()[0]
+        # naive is single-threaded; dynamic chooses per call, up to this many
+        info.update(backend=name, workers=1 if name == "naive" else spec["workers"] or mocrograd.cpu_count(),
                     cpu_count=mocrograd.cpu_count())
 
         def run():
@@ -71,9 +73,9 @@ def main(spec_path, result_path):
         state = model.state_dict()
         del model  # the peers start from the same weights; mocrograd's copy is freed before timing
         if kind == "numpy":
-            import threadpoolctl
+            from kernels import threadpool_info
             info["blas"] = [{k: lib.get(k) for k in ("internal_api", "num_threads", "version")}
-                            for lib in threadpoolctl.threadpool_info() if lib.get("user_api") == "blas"]
+                            for lib in threadpool_info() if lib.get("user_api") == "blas"]
             params = peers.layer_arrays(state)
 
             def run():

@@ -8,7 +8,10 @@ Both peers train exactly what mocrograd trains (see ``mocrograd.train.fit``):
   batch, the last partial batch kept;
 * the same objective: mean negative log-likelihood of log_softmax plus
   ``l2 * sum(W**2)`` over the weight matrices (not the biases);
-* plain SGD, ``p -= lr * grad``;
+* plain SGD, ``p -= lr * grad``. PyTorch computes the penalty as a term of its graph,
+  as mocrograd does (``SGD(weight_decay=2 * l2)`` on the weights alone would give the
+  same updates more cheaply); the hand-written NumPy backward adds only its gradient
+  ``2 * l2 * W`` and skips its value, which is never reported;
 * a training pass and a validation pass (no gradients) every epoch, reporting the
   same metrics (NLL without the penalty, accuracy).
 

@@ -1,0 +1,140 @@
+"""Smoke test of the benchmark suite (benchmarks/run.sh, run.py, child.py, peers.py, kernels.py).
+
+The benchmark runs in quick mode, as a subprocess of this interpreter, writing into a
+temporary directory (the committed results are never touched). Nothing is timed
+against a limit: the test checks that every configuration ran and produced a finite,
+positive time, and that the peers learn what mocrograd learns. PyTorch may be absent:
+its entries must then be marked skipped.
+"""
+import importlib.util
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+NETWORKS = ("normal", "longer", "bigger")
+OURS = ("naive", "optimized-1", "optimized-10", "optimized-64", "optimized-256", "optimized-cores", "dynamic")
+TORCH = ("torch-1", "torch-cores")
+
+
+def _run(command, cwd, env=None, timeout=600):
+    """Run from a scratch directory, so that only the installed mocrograd can be imported."""
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
+    assert done.returncode == 0, f"{command} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """One quick training benchmark through run.sh (run.py where there is no bash)."""
+    out = tmp_path_factory.mktemp("bench")
+    env = dict(os.environ, PYTHON=sys.executable, OPENBLAS_L2_SIZE="1234567")  # run.sh must unset and record it
+    # two repeats asked, but a budget no run can meet: every configuration runs once and says so
+    options = ["--quick", "--length", "50", "--bigger-length", "2", "--no-kernels",
+               "--repeats", "2", "--budget", "1e-9", "--out", str(out)]
+    bash = shutil.which("bash")
+    command = [bash, str(BENCH / "run.sh")] if bash else [sys.executable, str(BENCH / "run.py")]
+    done = _run(command + options, out, env=env)
+    report = json.loads((out / "latest.json").read_text())
+    return report, out, done, bool(bash)
+
+
+def _ok_time(entry, what):
+    assert entry["status"] == "ok", f"{what}: {entry.get('status')} {entry.get('reason', '')}"
+    for key in ("median", "min", "max"):
+        assert math.isfinite(entry[key]) and entry[key] > 0, f"{what}: {key} = {entry[key]}"
+    assert entry["runs"] and all(r["seconds"] > 0 for r in entry["runs"])
+    assert entry["peak_rss_mb"] > 0
+
+
+def test_every_configuration_of_every_network(quick_run):
+    report, _, _, _ = quick_run
+    assert set(report["training"]) == set(NETWORKS)
+    for network in NETWORKS:
+        configs = report["training"][network]["configs"]
+        for name in OURS + ("numpy",):
+            _ok_time(configs[name], f"{network}/{name}")
+        for name in TORCH:
+            assert name in configs, f"{network}: {name} missing"
+            if configs[name]["status"] == "skipped":
+                assert configs[name]["reason"]
+            else:
+                _ok_time(configs[name], f"{network}/{name}")
+
+
+def test_workers_and_kinds_are_as_named(quick_run):
+    report, _, _, _ = quick_run
+    cores = report["machine"]["mocrograd_cpu_count"]
+    configs = report["training"]["normal"]["configs"]
+    for workers in (1, 10, 64, 256):
+        assert configs[f"optimized-{workers}"]["runs"][0]["workers"] == workers
+        assert configs[f"optimized-{workers}"]["runs"][0]["backend"] == "optimized"
+    assert configs["optimized-cores"]["runs"][0]["workers"] == cores
+    assert configs["naive"]["runs"][0]["backend"] == "naive"
+    assert configs["dynamic"]["runs"][0]["backend"] == "dynamic"
+    assert configs["numpy"]["runs"][0]["kind"] == "numpy"
+
+
+def test_peers_learn_the_same_as_mocrograd(quick_run):
+    """Same weights, batches and loss: after an epoch the accuracies agree to within a few points."""
+    report, _, _, _ = quick_run
+    for network in NETWORKS:
+        configs = report["training"][network]["configs"]
+        reference = configs["dynamic"]
+        peers = ["numpy"] + [name for name in TORCH if configs[name]["status"] == "ok"]
+        for name in peers + list(OURS):
+            assert abs(configs[name]["train_acc"] - reference["train_acc"]) <= 0.05, (network, name)
+            assert math.isclose(configs[name]["train_loss"], reference["train_loss"], rel_tol=1e-2), (network, name)
+
+
+def test_budget_cuts_repeats_and_says_so(quick_run):
+    report, out, _, _ = quick_run
+    assert report["settings"]["repeats"] == 2
+    for network in NETWORKS:
+        for name, entry in report["training"][network]["configs"].items():
+            if entry["status"] == "skipped":
+                continue
+            assert entry["n"] == 1 and entry["budget_limited"], (network, name)
+            assert any("budget" in note for note in entry["notes"])
+    assert "| dynamic | " in (out / "latest.md").read_text() and "| 1* |" in (out / "latest.md").read_text()
+
+
+def test_outputs_and_header(quick_run):
+    report, out, done, via_bash = quick_run
+    assert (out / "latest.md").read_text().startswith("# mocrograd benchmarks")
+    assert "| dynamic |" in done.stdout
+    machine = report["machine"]
+    for key in ("cpu_model", "os_cpu_count", "mocrograd_cpu_count", "openmp_enabled", "python", "numpy",
+                "mocrograd", "threadpools"):
+        assert key in machine
+    assert report["load"]["start"] is not None and report["load"]["end"] is not None
+    run = report["training"]["normal"]["configs"]["dynamic"]["runs"][0]
+    assert run["load_before"] is not None and run["load_after"] is not None
+    if via_bash:
+        unset = report["environment"]["unset"]
+        assert unset["OPENBLAS_L2_SIZE"] == {"unset_by_run_sh": True, "was_set": True, "previous_value": "1234567"}
+        assert "OPENBLAS_L2_SIZE" not in report["environment"]["inherited"]
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (out / "latest.png").stat().st_size > 0
+
+
+def test_kernel_benchmarks_quick(tmp_path):
+    path = tmp_path / "kernels.json"
+    _run([sys.executable, str(BENCH / "kernels.py"), "--quick", "--min-time", "0", "--quiet", "--json", str(path)],
+         tmp_path)
+    report = json.loads(path.read_text())
+    assert report["threadpools"]
+    for row in report["matmul"] + report["elementwise"]:
+        assert set(row["configs"]) == set(OURS), row["label"]
+        for name, entry in row["configs"].items():
+            if entry["status"] == "skipped":
+                assert name == "naive" and entry["reason"]
+            else:
+                rate = entry.get("gflops", entry.get("gbps"))
+                assert math.isfinite(rate) and rate > 0, (row["label"], name)
