@@ -17,33 +17,112 @@ from libc.stdlib cimport malloc, free
 from .ops cimport *
 from .parallel cimport threads_for, split
 
-# Matmul blocking. The register tile is MR rows x NR columns of the output
-# (8 x 32 floats = 16 AVX-512 registers); a k-block is KC deep, so a packed
-# KC x NR strip of B (32 KB) stays in L1/L2 while a tile is computed.
-cdef enum:
-    MR = 8
-    NR = 32
-    KC = 256
-    LANES = 16   # independent partial sums in a vectorized reduction
-
-
 # ---------------------------------------------------------------- matmul
+#
+# The matmul follows the GotoBLAS/BLIS plan, simplified (docs/optimizations.md
+# walks through it step by step):
+#
+#   for each k-block pc (KC deep, in a fixed order)        -- sums stay short, blocks stay in cache
+#       pack op(B)[pc-block, :] into NR-wide strips (shared) -- contiguous, zero-padded, any transpose
+#       for each group of strips (NC columns, ~L2 sized)    -- B group stays in L2
+#           in parallel, for each chunk of row tiles:
+#               pack the MR x KC panel of op(A) (if reused)  -- contiguous, zero-padded, any transpose
+#               for each strip: MR x NR register tile        -- the micro-kernel, all in registers
+#
+# Determinism: every output element belongs to exactly one chunk, and its sum is
+# always "k-block 0, then + k-block 1, ..." with each block summed from p = 0 up,
+# so the result depends on the shape only, never on the worker count.
+
+cdef extern from *:
+    """
+    /* The register tile: MR rows x NR columns, NR being two SIMD vectors. With
+       AVX-512 (32 vector registers) 12 x 2 = 24 accumulators fit with room for
+       the two B vectors and the broadcast A value; with AVX/AVX2 (16 registers)
+       6 x 2 = 12 do (the classic Haswell tile). */
+    #if defined(__AVX512F__)
+    #define MOCRO_MR 12
+    #define MOCRO_VEC_BYTES 64
+    #elif defined(__AVX__)
+    #define MOCRO_MR 6
+    #define MOCRO_VEC_BYTES 32
+    #else
+    #define MOCRO_MR 6
+    #define MOCRO_VEC_BYTES 16
+    #endif
+    #define MOCRO_NR_F32 (2 * MOCRO_VEC_BYTES / 4)
+    #define MOCRO_NR_F64 (2 * MOCRO_VEC_BYTES / 8)
+
+    /* Fused multiply-add: one instruction and one rounding where the CPU has it.
+       The build is ISO C (-std=c11), where GCC never contracts a * b + c into an
+       FMA on its own (and we never use -ffast-math), so we ask for it. fmaf/fma
+       are vectorized as vfmadd when FMA is enabled (-march=native, -fno-math-errno). */
+    #include <math.h>
+    #if defined(__FMA__) || defined(__AVX512F__)
+    #define MOCRO_FMAF(a, b, c) fmaf((a), (b), (c))
+    #define MOCRO_FMA(a, b, c) fma((a), (b), (c))
+    #else
+    #define MOCRO_FMAF(a, b, c) ((a) * (b) + (c))
+    #define MOCRO_FMA(a, b, c) ((a) * (b) + (c))
+    #endif
+    """
+    enum:
+        MR "MOCRO_MR"
+        NR_F32 "MOCRO_NR_F32"
+        NR_F64 "MOCRO_NR_F64"
+    float MOCRO_FMAF(float a, float b, float c) noexcept nogil
+    double MOCRO_FMA(double a, double b, double c) noexcept nogil
+
+cdef enum:
+    KC_BYTES = 1024      # k-block: 256 floats / 128 doubles, so a KC x NR strip of B is 32 KB (L1)
+    KC_THIN_BYTES = 4096 # deeper k-blocks when B is one strip wide (n <= NR): fewer passes over C
+    NC_BYTES = 524288    # a group of strips: KC x NC of packed B, 512 KB, half the 1 MB L2
+    KC_MAX = 1024        # the most k-block elements any of the above gives (A panel buffer)
+    LANES = 16           # independent partial sums in a vectorized reduction
+
+
+cdef inline Py_ssize_t _nr(const floating* x) noexcept nogil:
+    """Columns of the register tile: two SIMD vectors of x's type (a compile-time constant)."""
+    if floating is float:
+        return NR_F32
+    else:
+        return NR_F64
+
+
+cdef inline floating _fma(floating a, floating b, floating c) noexcept nogil:
+    if floating is float:
+        return MOCRO_FMAF(a, b, c)
+    else:
+        return MOCRO_FMA(a, b, c)
+
 
 cdef inline void _micro_tile(Py_ssize_t kc, const floating* a, Py_ssize_t sai, Py_ssize_t sap,
                              const floating* bp, floating* c, Py_ssize_t ldc,
                              Py_ssize_t mr, Py_ssize_t nr, bint overwrite) noexcept nogil:
-    """c[:mr, :nr] (+)= a[:MR, :kc] @ bp[:kc, :NR] with the MR x NR sums in registers."""
-    cdef floating acc[MR * NR]
+    """c[:mr, :nr] (+)= a[:MR, :kc] @ bp[:kc, :NR]: the micro-kernel.
+
+    The MR x NR sums live in registers for the whole k loop (fixed trip counts, so
+    the compiler unrolls i and j and vectorizes j): per step p it loads two vectors
+    of B, broadcasts MR values of A and issues 2 * MR FMAs."""
+    cdef floating acc[MR * NR_F32]
     cdef floating a_ip
-    cdef Py_ssize_t i, j, p
+    cdef Py_ssize_t i, j, p, NR = _nr(a)
     for i in range(MR * NR):
         acc[i] = 0
     for p in range(kc):
         for i in range(MR):
             a_ip = a[i * sai + p * sap]
             for j in range(NR):
-                acc[i * NR + j] += a_ip * bp[p * NR + j]
-    if overwrite:
+                acc[i * NR + j] = _fma(a_ip, bp[p * NR + j], acc[i * NR + j])
+    if mr == MR and nr == NR:   # a full tile: fixed bounds, stored straight from the registers
+        if overwrite:
+            for i in range(MR):
+                for j in range(NR):
+                    c[i * ldc + j] = acc[i * NR + j]
+        else:
+            for i in range(MR):
+                for j in range(NR):
+                    c[i * ldc + j] += acc[i * NR + j]
+    elif overwrite:             # an edge tile: only its mr x nr part exists
         for i in range(mr):
             for j in range(nr):
                 c[i * ldc + j] = acc[i * NR + j]
@@ -55,35 +134,67 @@ cdef inline void _micro_tile(Py_ssize_t kc, const floating* a, Py_ssize_t sai, P
 
 cdef inline void _pack_b(const floating* b, Py_ssize_t sbp, Py_ssize_t sbj, Py_ssize_t kc,
                          Py_ssize_t nr, floating* bp) noexcept nogil:
-    """Copy a kc x nr block of op(B) into a contiguous kc x NR strip, zero-padded."""
-    cdef Py_ssize_t p, j
-    for p in range(kc):
+    """Copy a kc x nr block of op(B) into a contiguous kc x NR strip, zero-padded.
+    The transpose is handled here, by reading along whichever index is contiguous."""
+    cdef Py_ssize_t p, j, NR = _nr(b)
+    if sbj == 1:   # rows of op(B) are contiguous
+        for p in range(kc):
+            for j in range(nr):
+                bp[p * NR + j] = b[p * sbp + j]
+            for j in range(nr, NR):
+                bp[p * NR + j] = 0
+    else:          # op(B) = B.T: its columns are contiguous rows of B
         for j in range(nr):
-            bp[p * NR + j] = b[p * sbp + j * sbj]
-        for j in range(nr, NR):
-            bp[p * NR + j] = 0
-
-
-cdef inline void _tiles(Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t n_strips, Py_ssize_t m, Py_ssize_t n,
-                        Py_ssize_t kc, const floating* a, Py_ssize_t sai, Py_ssize_t sap,
-                        const floating* bp, floating* c, bint overwrite) noexcept nogil:
-    """Compute output tiles lo..hi-1 (row block major) for one k-block."""
-    cdef floating a_edge[MR * KC]
-    cdef Py_ssize_t t, i0, j0, mr, nr, i, p
-    for t in range(lo, hi):
-        i0 = (t // n_strips) * MR
-        j0 = (t % n_strips) * NR
-        mr = min(<Py_ssize_t>MR, m - i0)
-        nr = min(<Py_ssize_t>NR, n - j0)
-        if mr == MR:
-            _micro_tile(kc, a + i0 * sai, sai, sap, bp + (t % n_strips) * kc * NR,
-                        c + i0 * n + j0, n, mr, nr, overwrite)
-        else:  # the last rows: pad them with zeros to a full tile
             for p in range(kc):
-                for i in range(MR):
-                    a_edge[p * MR + i] = a[(i0 + i) * sai + p * sap] if i < mr else 0
-            _micro_tile(kc, a_edge, 1, MR, bp + (t % n_strips) * kc * NR,
-                        c + i0 * n + j0, n, mr, nr, overwrite)
+                bp[p * NR + j] = b[j * sbj + p]
+        for j in range(nr, NR):
+            for p in range(kc):
+                bp[p * NR + j] = 0
+
+
+cdef inline void _pack_a(const floating* a, Py_ssize_t sai, Py_ssize_t sap, Py_ssize_t kc,
+                         Py_ssize_t mr, floating* ap) noexcept nogil:
+    """Copy an mr x kc panel of op(A) into ap[p * MR + i], zero-padded to MR rows, so the
+    micro-kernel reads A as one contiguous stream whatever the transpose."""
+    cdef Py_ssize_t p, i
+    if sap == 1:   # rows of op(A) are contiguous
+        for i in range(mr):
+            for p in range(kc):
+                ap[p * MR + i] = a[i * sai + p]
+    else:          # op(A) = A.T: each step p reads mr contiguous values
+        for p in range(kc):
+            for i in range(mr):
+                ap[p * MR + i] = a[i + p * sap]
+    for i in range(mr, MR):
+        for p in range(kc):
+            ap[p * MR + i] = 0
+
+
+cdef inline void _block(Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t s0, Py_ssize_t s1, Py_ssize_t m,
+                        Py_ssize_t n, Py_ssize_t kc, const floating* a, Py_ssize_t sai, Py_ssize_t sap,
+                        const floating* bp, floating* c, bint overwrite) noexcept nogil:
+    """Rows r0..r1-1 x strips s0..s1-1 of the output, for one k-block (bp = its packed B)."""
+    cdef floating a_pack[MR * KC_MAX]
+    cdef Py_ssize_t NR = _nr(a), i0, mr, s, j0
+    # Packing the A panel costs one pass over it; it pays when the panel is reused
+    # by several strips (and pads the last, partial row tile). When B is a single
+    # strip (n <= NR: batch-sized products), A is streamed once and read in place.
+    cdef bint pack = s1 - s0 > 1
+    i0 = r0
+    while i0 < r1:
+        mr = min(<Py_ssize_t>MR, m - i0)
+        if pack or mr < MR:
+            _pack_a(a + i0 * sai, sai, sap, kc, mr, a_pack)
+            for s in range(s0, s1):
+                j0 = s * NR
+                _micro_tile(kc, a_pack, 1, MR, bp + s * kc * NR, c + i0 * n + j0, n,
+                            mr, min(NR, n - j0), overwrite)
+        else:
+            for s in range(s0, s1):
+                j0 = s * NR
+                _micro_tile(kc, a + i0 * sai, sai, sap, bp + s * kc * NR, c + i0 * n + j0, n,
+                            mr, min(NR, n - j0), overwrite)
+        i0 += MR
 
 
 cdef int matmul(const floating[:, ::1] a, bint trans_a, const floating[:, ::1] b, bint trans_b,
@@ -93,9 +204,10 @@ cdef int matmul(const floating[:, ::1] a, bint trans_a, const floating[:, ::1] b
     # op(a)[i, p] = pa[i * sai + p * sap]; op(b)[p, j] = pb[p * sbp + j * sbj]
     cdef Py_ssize_t sai = 1 if trans_a else k, sap = m if trans_a else 1
     cdef Py_ssize_t sbp = 1 if trans_b else n, sbj = k if trans_b else 1
-    cdef Py_ssize_t n_strips = (n + NR - 1) // NR, n_tiles = ((m + MR - 1) // MR) * n_strips
-    cdef Py_ssize_t pc, kc, s, lo, hi
+    cdef Py_ssize_t NR = _nr(&out[0, 0])
+    cdef Py_ssize_t n_strips, m_tiles, kc_max, strips_per_group, g0, g1, pc, kc, s, lo, hi
     cdef int chunk, n_threads = threads_for(workers)
+    cdef bint split_rows, overwrite
     cdef floating* bp
     if m == 0 or n == 0:
         return 0
@@ -103,20 +215,45 @@ cdef int matmul(const floating[:, ::1] a, bint trans_a, const floating[:, ::1] b
         if not accumulate:
             fill(0.0, out, workers)
         return 0
-    bp = <floating*>malloc(n_strips * min(k, <Py_ssize_t>KC) * NR * sizeof(floating))
+    n_strips = (n + NR - 1) // NR
+    m_tiles = (m + MR - 1) // MR
+    # Blocking depends on the shape only (never on workers): see the enum above.
+    kc_max = (KC_THIN_BYTES if n_strips == 1 else KC_BYTES) // sizeof(floating)
+    strips_per_group = max(1, NC_BYTES // (kc_max * NR * sizeof(floating)))
+    # Cut the dimension with more tiles into the `workers` chunks, in whole tiles,
+    # so every thread gets an equal share whatever the shape.
+    split_rows = m_tiles >= n_strips
+    bp = <floating*>malloc(n_strips * min(k, kc_max) * NR * sizeof(floating))
     if bp == NULL:
         return -1
     pc = 0
     while pc < k:   # k-blocks in a fixed order: the summation order never depends on workers
-        kc = min(<Py_ssize_t>KC, k - pc)
+        kc = min(kc_max, k - pc)
+        overwrite = pc == 0 and not accumulate
         for s in prange(n_strips, nogil=True, num_threads=n_threads, schedule='static'):
             _pack_b(&b[0, 0] + pc * sbp + s * NR * sbj, sbp, sbj, kc,
-                    min(<Py_ssize_t>NR, n - s * NR), bp + s * kc * NR)
-        for chunk in prange(workers, nogil=True, num_threads=n_threads, schedule='static'):
-            lo = (n_tiles * chunk) // workers
-            hi = (n_tiles * (chunk + 1)) // workers
-            _tiles(lo, hi, n_strips, m, n, kc, &a[0, 0] + pc * sap, sai, sap, bp,
-                   &out[0, 0], pc == 0 and not accumulate)
+                    min(NR, n - s * NR), bp + s * kc * NR)
+        if split_rows:
+            # one group of strips at a time (it stays in L2), its rows cut into chunks
+            g0 = 0
+            while g0 < n_strips:
+                g1 = min(g0 + strips_per_group, n_strips)
+                for chunk in prange(workers, nogil=True, num_threads=n_threads, schedule='static'):
+                    lo = (m_tiles * chunk) // workers
+                    hi = (m_tiles * (chunk + 1)) // workers
+                    _block(lo * MR, min(hi * MR, m), g0, g1, m, n, kc, &a[0, 0] + pc * sap, sai, sap,
+                           bp, &out[0, 0], overwrite)
+                g0 = g1
+        else:
+            # the strips cut into chunks; each chunk runs all rows over its strips
+            for chunk in prange(workers, nogil=True, num_threads=n_threads, schedule='static'):
+                lo = (n_strips * chunk) // workers
+                hi = (n_strips * (chunk + 1)) // workers
+                while lo < hi:
+                    g1 = min(lo + strips_per_group, hi)
+                    _block(0, m, lo, g1, m, n, kc, &a[0, 0] + pc * sap, sai, sap,
+                           bp, &out[0, 0], overwrite)
+                    lo = g1
         pc += kc
     free(bp)
     return 0

@@ -1,0 +1,140 @@
+"""The optimized matmul (and the ladder steps) against NumPy on awkward shapes.
+
+Every transpose combination, float32 and float64, worker counts 1, 2, 3, 7 and
+64, accumulate=True, and bit-identical results whatever the worker count.
+"""
+import numpy as np
+import pytest
+
+import mocrograd
+from mocrograd._core import Matrix
+
+WORKERS = (1, 2, 3, 7, 64)
+
+# (m, k, n): tiny, vectors, primes, one off the tile sizes (MR is 12 or 6, NR 32/16
+# or 16/8), deeper than one k-block (256 floats / 128 doubles, 1024 when n <= NR),
+# and small versions of the network's shapes (n = 32 batch columns).
+SHAPES = [
+    (1, 1, 1), (1, 7, 1), (1, 1, 9), (9, 1, 1), (1, 300, 1),
+    (5, 3, 2), (13, 17, 31), (31, 37, 41), (12, 256, 32), (11, 255, 33),
+    (25, 300, 70), (3, 1031, 2), (97, 513, 67), (64, 1100, 32), (130, 40, 8),
+    (200, 32, 300), (2, 5000, 3),
+]
+
+
+def _rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def _operands(m, k, n, ta, tb, dtype, seed=0):
+    rng = _rng(seed)
+    a = rng.standard_normal((k, m) if ta else (m, k)).astype(dtype)
+    b = rng.standard_normal((n, k) if tb else (k, n)).astype(dtype)
+    return a, b
+
+
+def _reference(a, b, ta, tb):
+    return (a.T if ta else a).astype(np.float64) @ (b.T if tb else b).astype(np.float64)
+
+
+def _tol(dtype, k):
+    # error of a k-term dot product of standard normals grows about like sqrt(k)
+    eps = np.finfo(dtype).eps
+    return 8 * eps * max(k, 1) ** 0.5 * 4
+
+
+def _matmul(a, b, ta, tb, workers, out=None, accumulate=False):
+    mocrograd.set_backend("optimized", workers=workers)
+    try:
+        return np.asarray(Matrix(a).matmul(Matrix(b), trans_a=ta, trans_b=tb, out=out,
+                                           accumulate=accumulate)).copy()
+    finally:
+        mocrograd.set_backend("dynamic")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("m,k,n", SHAPES)
+def test_matches_numpy_and_is_bit_identical(m, k, n, ta, tb, dtype):
+    a, b = _operands(m, k, n, ta, tb, dtype)
+    ref = _reference(a, b, ta, tb)
+    results = [_matmul(a, b, ta, tb, w) for w in WORKERS]
+    tol = _tol(dtype, k)
+    np.testing.assert_allclose(results[0], ref, rtol=tol, atol=tol * np.abs(ref).max())
+    for w, r in zip(WORKERS[1:], results[1:]):
+        assert r.dtype == dtype
+        assert np.array_equal(r, results[0]), f"workers={w} differs from workers=1"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (13, 300, 45), (40, 1030, 32)])
+def test_accumulate(m, k, n, ta, tb, dtype):
+    a, b = _operands(m, k, n, ta, tb, dtype, seed=1)
+    start = _rng(2).standard_normal((m, n)).astype(dtype)
+    ref = start.astype(np.float64) + _reference(a, b, ta, tb)
+    results = []
+    for w in WORKERS:
+        out = Matrix(start.copy())
+        _matmul(a, b, ta, tb, w, out=out, accumulate=True)
+        results.append(np.asarray(out).copy())
+    tol = _tol(dtype, k)
+    np.testing.assert_allclose(results[0], ref, rtol=tol, atol=tol * np.abs(ref).max())
+    for r in results[1:]:
+        assert np.array_equal(r, results[0])
+
+
+# Scaled-down network shapes (batch 32): forward W @ X, backward W^T G and G X^T.
+NETWORK = [
+    ((512, 64), (64, 32), False, False),
+    ((256, 1024), (1024, 32), False, False),
+    ((256, 1024), (256, 32), True, False),
+    ((256, 32), (1024, 32), False, True),
+    ((300, 300), (300, 300), False, False),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("sa,sb,ta,tb", NETWORK)
+def test_network_shapes(sa, sb, ta, tb, dtype):
+    rng = _rng(3)
+    a = rng.standard_normal(sa).astype(dtype)
+    b = rng.standard_normal(sb).astype(dtype)
+    ref = _reference(a, b, ta, tb)
+    k = sa[0] if ta else sa[1]
+    results = [_matmul(a, b, ta, tb, w) for w in WORKERS + (256,)]
+    tol = _tol(dtype, k)
+    np.testing.assert_allclose(results[0], ref, rtol=tol, atol=tol * np.abs(ref).max())
+    for r in results[1:]:
+        assert np.array_equal(r, results[0])
+
+
+def test_non_finite_values_propagate():
+    a = np.ones((20, 40), np.float32)
+    a[3, 7] = np.nan
+    a[15, 2] = np.inf
+    b = np.ones((40, 50), np.float32)
+    for w in (1, 2, 7):
+        r = _matmul(a, b, False, False, w)
+        assert np.isnan(r[3]).all() and np.isinf(r[15]).all()
+        assert np.isfinite(np.delete(r, [3, 15], axis=0)).all()
+
+
+try:
+    from mocrograd._core import ladder as _ladder
+except ImportError:  # the ladder module is optional (benchmarking only)
+    _ladder = None
+
+
+@pytest.mark.skipif(_ladder is None, reason="no ladder module")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("step", range(1, 9))
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (13, 17, 31), (97, 300, 67), (40, 1100, 32)])
+def test_ladder_steps(step, m, k, n, dtype):
+    a, b = _operands(m, k, n, False, False, dtype, seed=4)
+    ref = _reference(a, b, False, False)
+    tol = _tol(dtype, k)
+    for w in (1, 2, 3):
+        out = np.full((m, n), np.nan, dtype)
+        _ladder.ladder_matmul(step, a, b, out, w)
+        np.testing.assert_allclose(out, ref, rtol=tol, atol=tol * np.abs(ref).max())
