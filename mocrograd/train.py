@@ -127,7 +127,7 @@ def fit(model, train, val, epochs=10, batch_size=32, lr=0.01, optimizer="sgd", l
     opt = make_optimizer(optimizer, model.parameters(), lr)
     if dist is not None:   # rank 0's parameters on every rank; step() first sums the gradients over the ranks
         opt = dist.wrap(model, opt)
-    weights = [p for p in model.parameters()]
+    parameters = model.parameters()
     names = [name for name, _ in model.named_parameters()]
     batches_per_epoch = len(train_loader)
     run_config = {"epochs": epochs, "batch_size": batch_size, "optimizer": optimizer, "l2": l2,
@@ -148,7 +148,7 @@ def fit(model, train, val, epochs=10, batch_size=32, lr=0.01, optimizer="sgd", l
         if checkpoint is None:
             return
         if check_finite:
-            bad = _first_non_finite(weights, names, "parameter")
+            bad = _first_non_finite(parameters, names, "parameter")
             if bad:
                 raise NonFiniteError(bad, *at, lr)
         save_training(checkpoint, model, opt, {
@@ -171,14 +171,14 @@ def fit(model, train, val, epochs=10, batch_size=32, lr=0.01, optimizer="sgd", l
             for batch, (x, y) in enumerate(bar if bar is not None else batches, start=first):
                 out = model(Tensor(x))
                 loss = nn.nll_loss(out, y)
-                penalty = nn.l2_penalty(weights, l2)
+                penalty = nn.l2_penalty(model, l2)
                 objective = loss if penalty is None else loss + penalty
                 opt.zero_grad(set_to_none=False)   # keep the gradient buffers: no new large allocations
                 objective.backward()
                 if check_finite:
                     value = objective.item()
                     bad = (f"the loss is {value}" if not math.isfinite(value) else
-                           _first_non_finite(weights, names, "gradient"))
+                           _first_non_finite(parameters, names, "gradient"))
                     if bad:
                         raise NonFiniteError(bad, epoch, batch, lr)
                 opt.step()
@@ -272,7 +272,10 @@ def _positive_float(text):
 
 
 def _nonnegative_float(text):
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not value >= 0 or not np.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
@@ -294,7 +297,7 @@ def build_parser():
         description="Train the original benchmark's MLPs on scikit-learn's digits (8x8 images, no download).",
         epilog="With --model all, Normal trains on LENGTH examples, Longer on LENGTH/10 and Bigger on "
                "LENGTH/100 (at least 1), as in the original library; a single model trains on LENGTH. "
-               "The last 20%% of the examples are the validation set (in order unless --shuffle).",
+               "The last 20% of the examples are the validation set (in order unless --shuffle).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("epochs_pos", nargs="?", type=_positive_int, metavar="EPOCHS",
                         help="epochs (same as --epochs; default 10)")

@@ -300,7 +300,7 @@ def test_unary_maps(data, backend, dtype, shape, op, exponent):
         if op == "neg":
             same(-m, -a)
         elif op == "relu":
-            same(m.relu(), np.where(a > 0, a, 0).astype(dtype))       # NaN -> 0, as C's fmax(x, 0)
+            same(m.relu(), np.where(a < 0, 0, a).astype(dtype))       # NaN stays NaN, as np.maximum(a, 0)
         elif op == "relu_mask":
             same(m.relu_mask(), (a > 0).astype(dtype))
         elif op == "exp":

@@ -388,7 +388,7 @@ def test_power_needs_a_number():
         2 ** m
 
 
-@pytest.mark.parametrize("axis", [2, -3, True, "0", 0.5])
+@pytest.mark.parametrize("axis", [2, -3, True, "0", 0.5, 0.0, 1.0])
 def test_bad_axis_is_a_value_error(axis):
     m = Matrix.zeros(2, 3)
     for method in (m.sum, m.max, m.argmax, m.log_softmax, lambda axis: m.log_softmax_grad(m, axis)):
@@ -420,6 +420,14 @@ def test_operands_must_have_the_same_shape_and_dtype(name):
         call(a, Matrix.zeros(*B))
     with pytest.raises(TypeError, match=rf"{name}: dtypes differ \(float32 and float64\)"):
         call(a, Matrix.zeros(*A, dtype=np.float64))
+
+
+@pytest.mark.parametrize("name", ["axpy_", "copy_", "adam_"])
+def test_in_place_updates_take_a_matrix_not_a_number(name):
+    one = Matrix.zeros(1, 1)   # even where a number would fit the shape
+    with pytest.raises(TypeError, match=rf"{name}: expected a Matrix of shape \(1, 1\), got float"):
+        SAME_SHAPE_CALLS[name](one, 2.0)
+    assert one.numpy()[0, 0] == 0.0
 
 
 def test_adam_checks_every_moment():

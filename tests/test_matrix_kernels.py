@@ -183,7 +183,7 @@ def with_zeros(rng, shape, dtype):
 
 EXACT_UNARY = {  # name: (mocrograd, NumPy)
     "neg": (operator.neg, np.negative),
-    "relu": (Matrix.relu, lambda x: np.where(x > 0, x, 0).astype(x.dtype)),
+    "relu": (Matrix.relu, lambda x: np.maximum(x, 0).astype(x.dtype)),
     "relu_mask": (Matrix.relu_mask, lambda x: (x > 0).astype(x.dtype)),
 }
 
@@ -293,6 +293,24 @@ def test_argmax_takes_the_first_of_tied_maxima(backend, dtype, shape, rng):
         assert got.dtype == np.intp
         np.testing.assert_array_equal(got, np.argmax(x, axis=axis, keepdims=True),   # NumPy: first index
                                       err_msg=f"axis={axis}")
+
+
+@pytest.mark.parametrize("where", [(0, 0), (6, 200), (130, 508)], ids=["first", "middle", "last"])
+def test_argmax_points_at_the_first_nan_as_numpy_does(backend, dtype, where, rng):
+    x = rng.standard_normal((131, 509)).astype(dtype)
+    x[where] = np.nan
+    x[(where[0] + 1) % 131, (where[1] + 1) % 509] = np.nan   # a second NaN, later in both axes
+    for axis in (0, 1):
+        np.testing.assert_array_equal(Matrix(x).argmax(axis), np.argmax(x, axis=axis, keepdims=True),
+                                      err_msg=f"axis={axis}")
+
+
+def test_relu_keeps_nan_and_infinities(backend, dtype):
+    x = np.array([[np.nan, -np.inf, np.inf, -1.0, 0.0, 2.0]], dtype=dtype)
+    np.testing.assert_array_equal(Matrix(x).relu().numpy(), np.maximum(x, 0))
+    b = np.zeros((1, 1), dtype=dtype)
+    np.testing.assert_array_equal(Matrix(np.ones((1, 1), dtype)).linear(Matrix(x), Matrix(b), relu=True).numpy(),
+                                  np.maximum(x, 0))
 
 
 def test_argmax_tie_example(backend):

@@ -227,7 +227,7 @@ def test_l2_penalty_reaches_the_weight_gradients_only():
     mg.manual_seed(0)
     layer = nn.Linear(4, 3)
     alpha = 0.25
-    penalty = nn.l2_penalty(layer.parameters(), alpha=alpha)
+    penalty = nn.l2_penalty(layer, alpha=alpha)
     weights = layer.weight.numpy().astype(np.float64)
     assert penalty.item() == pytest.approx(alpha * (weights ** 2).sum(), rel=1e-6)
     penalty.backward()
@@ -242,15 +242,31 @@ def test_l2_penalty_adds_to_the_data_gradient():
     nn.nll_loss(model(x), y).backward()
     data_grad = model.layers[0].weight.grad.numpy().copy()
     model.zero_grad()
-    (nn.nll_loss(model(x), y) + nn.l2_penalty(model.parameters(), alpha=0.1)).backward()
+    (nn.nll_loss(model(x), y) + nn.l2_penalty(model, alpha=0.1)).backward()
     np.testing.assert_allclose(model.layers[0].weight.grad.numpy(),
                                data_grad + 0.2 * model.layers[0].weight.numpy(), rtol=1e-5, atol=1e-7)
 
 
 def test_l2_penalty_is_none_without_alpha_or_weights():
     layer = nn.Linear(4, 3)
-    assert nn.l2_penalty(layer.parameters(), alpha=0) is None
-    assert nn.l2_penalty([layer.bias], alpha=0.1) is None
+    assert nn.l2_penalty(layer, alpha=0) is None
+    assert nn.l2_penalty([], alpha=0.1) is None
+
+
+def test_l2_penalty_of_a_module_takes_weights_by_name_not_by_shape():
+    mg.manual_seed(0)
+    model = nn.MLP([1, 3, 1])          # weights (3, 1) and (1, 3); biases (3, 1) and (1, 1)
+    penalty = nn.l2_penalty(model, alpha=1.0)
+    expected = sum(float((layer.weight.numpy().astype(np.float64) ** 2).sum()) for layer in model.layers)
+    assert penalty.item() == pytest.approx(expected, rel=1e-6)
+    penalty.backward()
+    assert all(layer.weight.grad is not None and layer.bias.grad is None for layer in model.layers)
+
+
+def test_l2_penalty_of_a_list_penalizes_every_tensor_given():
+    layer = nn.Linear(2, 2)
+    layer.bias = Tensor(np.full((2, 1), 3.0, dtype=np.float32), requires_grad=True)
+    assert nn.l2_penalty([layer.bias], alpha=0.5).item() == pytest.approx(0.5 * 18.0)
 
 
 def test_accuracy():
@@ -360,7 +376,7 @@ def training_losses(backend, workers):
         losses = []
         for _ in range(2):
             for x, y in loader:
-                loss = nn.nll_loss(model(Tensor(x)), y) + nn.l2_penalty(model.parameters(), alpha=1e-4)
+                loss = nn.nll_loss(model(Tensor(x)), y) + nn.l2_penalty(model, alpha=1e-4)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()

@@ -406,3 +406,12 @@ def test_numpy_array_on_the_left_gives_a_tensor():
     assert isinstance(y, Tensor)
     y.sum().backward()
     np.testing.assert_array_equal(x.grad.numpy(), [[10, 20]])
+
+
+def test_matrix_on_the_left_gives_a_tensor():
+    x = Tensor([[1.0, 2.0]], requires_grad=True)
+    w = Matrix([[3.0], [4.0]])
+    for y in (w @ x, Matrix([[10.0, 20.0]]) * x, Matrix([[1.0]]) + x, Matrix([[1.0]]) - x, Matrix([[2.0]]) / x):
+        assert isinstance(y, Tensor)
+    (w @ x).sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), [[7, 7]])

@@ -92,6 +92,7 @@ def test_help_documents_every_option_with_defaults(tmp_path):
     result = cli(tmp_path, "--help")
     assert result.returncode == 0
     text = " ".join(result.stdout.split())
+    assert "The last 20% of the examples are the validation set" in text
     for option, default in [("--epochs", "10"), ("--length", "1000"), ("--model", "all"), ("--backend", "dynamic"),
                             ("--workers", None), ("--batch-size", "32"), ("--lr", "0.01"), ("--optimizer", "sgd"),
                             ("--l2", "0.0001"), ("--shuffle", None), ("--seed", "0"), ("--json", None),
@@ -110,7 +111,7 @@ INVALID = [
     (["--backend", "gpu"], "--backend"), (["--workers", "0"], "--workers"), (["--workers", "-2"], "--workers"),
     (["--workers", "two"], "--workers"), (["--lr", "0"], "--lr"), (["--lr", "-0.5"], "--lr"),
     (["--lr", "nan"], "--lr"), (["--lr", "inf"], "--lr"), (["--lr", "fast"], "--lr"),
-    (["--batch-size", "0"], "--batch-size"), (["--l2", "-1"], "--l2"), (["--l2", "abc"], "--l2"),
+    (["--batch-size", "0"], "--batch-size"), (["--l2", "-1"], "--l2"), (["--l2", "abc"], "expected a number"),
     (["--seed", "-1"], "--seed"), (["--seed", "1.5"], "--seed"), (["--optimizer", "rmsprop"], "--optimizer"),
     (["3", "--epochs", "4"], "twice"), (["--bogus"], "unrecognized"),
     (["--checkpoint", "c.npz"], "single --model"), (["--model", "normal", "--checkpoint", "no/such/dir/c.npz"],

@@ -267,6 +267,23 @@ cdef Matrix _same_kind(Matrix a, object b, str what):
     raise TypeError(f"{what}: expected a Matrix or a number, got {type(b).__name__}")
 
 
+cdef bint _operands(self, other):
+    """Should a Matrix operator handle this pair? Not when the other operand declares,
+    by NumPy's convention (``__array_ufunc__ = None``, as Tensor does), that it
+    implements the operators itself: then Python calls its reflected method.
+    Anything else that is not a Matrix or a number gets _binary_op's TypeError."""
+    return isinstance(self, Matrix) and getattr(type(other), "__array_ufunc__", True) is not None
+
+
+cdef Matrix _operand_of_update(Matrix a, object b, str what):
+    """b for an in-place update of a: a Matrix of a's shape and dtype, never a number."""
+    if not isinstance(b, Matrix):
+        raise TypeError(f"{what}: expected a Matrix of shape {_shape_str(a)}, got {type(b).__name__}")
+    cdef Matrix m = _same_kind(a, b, what)
+    _check_same_shape(a, m, what)
+    return m
+
+
 cdef Py_ssize_t _broadcast_dim(Py_ssize_t x, Py_ssize_t y) except -1:
     if x == y or y == 1:
         return x
@@ -278,8 +295,8 @@ cdef Py_ssize_t _broadcast_dim(Py_ssize_t x, Py_ssize_t y) except -1:
 cdef int _check_axis(axis) except -2:
     if axis is None:
         return ALL
-    if axis in (0, 1, -1, -2) and not isinstance(axis, bool):
-        return axis % 2
+    if isinstance(axis, numbers.Integral) and not isinstance(axis, bool) and -2 <= axis <= 1:
+        return int(axis) % 2
     raise ValueError(f"axis must be None, 0 or 1 for a 2-D Matrix, got {axis!r}")
 
 
@@ -454,7 +471,7 @@ cdef class Matrix:
         return total
 
     def __matmul__(self, other):
-        if not isinstance(self, Matrix) or not isinstance(other, Matrix):
+        if not _operands(self, other) or not isinstance(other, Matrix):
             return NotImplemented
         return self.matmul(other)
 
@@ -481,28 +498,28 @@ cdef class Matrix:
         return self._binary_op(ADD, other, False, "add")
 
     def __add__(self, other):
-        return self._binary_op(ADD, other, False, "add") if isinstance(self, Matrix) else NotImplemented
+        return self._binary_op(ADD, other, False, "add") if _operands(self, other) else NotImplemented
 
     def __radd__(self, other):
-        return self._binary_op(ADD, other, True, "add")
+        return self._binary_op(ADD, other, True, "add") if _operands(self, other) else NotImplemented
 
     def __sub__(self, other):
-        return self._binary_op(SUB, other, False, "subtract") if isinstance(self, Matrix) else NotImplemented
+        return self._binary_op(SUB, other, False, "subtract") if _operands(self, other) else NotImplemented
 
     def __rsub__(self, other):
-        return self._binary_op(SUB, other, True, "subtract")
+        return self._binary_op(SUB, other, True, "subtract") if _operands(self, other) else NotImplemented
 
     def __mul__(self, other):
-        return self._binary_op(MUL, other, False, "multiply") if isinstance(self, Matrix) else NotImplemented
+        return self._binary_op(MUL, other, False, "multiply") if _operands(self, other) else NotImplemented
 
     def __rmul__(self, other):
-        return self._binary_op(MUL, other, True, "multiply")
+        return self._binary_op(MUL, other, True, "multiply") if _operands(self, other) else NotImplemented
 
     def __truediv__(self, other):
-        return self._binary_op(DIV, other, False, "divide") if isinstance(self, Matrix) else NotImplemented
+        return self._binary_op(DIV, other, False, "divide") if _operands(self, other) else NotImplemented
 
     def __rtruediv__(self, other):
-        return self._binary_op(DIV, other, True, "divide")
+        return self._binary_op(DIV, other, True, "divide") if _operands(self, other) else NotImplemented
 
     # -- element-wise, one operand
     cdef Matrix _unary_op(self, int op, double scalar):
@@ -572,7 +589,7 @@ cdef class Matrix:
         return self._reduce_op(MAX, axis)
 
     def argmax(self, axis=0):
-        """Index of the first maximum along axis 0 (shape (1, cols)) or 1 (shape (rows, 1)), as int64."""
+        """Index of the first maximum (or first NaN, as NumPy) along axis 0 (shape (1, cols)) or 1 (shape (rows, 1)), as int64."""
         cdef int ax = _check_axis(axis)
         if ax == ALL:
             raise ValueError("argmax needs axis 0 or 1")
@@ -627,8 +644,7 @@ cdef class Matrix:
 
     def axpy_(self, double alpha, x):
         """self += alpha * x (same shape and dtype): gradient accumulation and SGD steps."""
-        cdef Matrix m = _same_kind(self, x, "axpy_")
-        _check_same_shape(self, m, "axpy_")
+        cdef Matrix m = _operand_of_update(self, x, "axpy_")
         return self._update_op(0, alpha, m)
 
     def scale_(self, double alpha):
@@ -648,11 +664,9 @@ cdef class Matrix:
         """One Adam step on self (the parameter) in place, updating the moments m and v too.
 
         correction1/2 are the bias corrections 1 - beta1**t and 1 - beta2**t."""
-        cdef Matrix g = _same_kind(self, grad, "adam_")
-        cdef Matrix mm = _same_kind(self, m, "adam_")
-        cdef Matrix vv = _same_kind(self, v, "adam_")
-        for other in (g, mm, vv):
-            _check_same_shape(self, other, "adam_")
+        cdef Matrix g = _operand_of_update(self, grad, "adam_")
+        cdef Matrix mm = _operand_of_update(self, m, "adam_")
+        cdef Matrix vv = _operand_of_update(self, v, "adam_")
         with nogil:
             if self.is64:
                 _adam(self.f64, g.f64, mm.f64, vv.f64, lr, beta1, beta2, eps, correction1, correction2, weight_decay)
@@ -662,8 +676,7 @@ cdef class Matrix:
 
     def copy_(self, x):
         """Copy x's values into self (same shape and dtype)."""
-        cdef Matrix m = _same_kind(self, x, "copy_")
-        _check_same_shape(self, m, "copy_")
+        cdef Matrix m = _operand_of_update(self, x, "copy_")
         return self._update_op(3, 0.0, m)
 
 

@@ -37,7 +37,7 @@ cdef inline double _unary_op(int op, double x, double s) noexcept nogil:
     if op == LOG:
         return log(x)
     if op == RELU:
-        return x if x > 0 else 0.0
+        return 0.0 if x < 0 else x   # NaN stays NaN, as in NumPy
     return 1.0 if x > 0 else 0.0  # RELU_MASK
 
 
@@ -111,27 +111,20 @@ cdef void reduce(int op, int axis, const floating[:, ::1] x,
             out[i, 0] = <floating>value
 
 
-cdef inline double _max_nan(double best, double v) noexcept nogil:
-    """max that propagates NaN, as NumPy's max does."""
-    if v > best or v != v:
-        return v
-    return best
-
-
 cdef void argmax(int axis, const floating[:, ::1] x, Py_ssize_t[:, ::1] out, int workers) noexcept nogil:
     cdef Py_ssize_t i, j, best
     if axis == 0:
         for j in range(x.shape[1]):
             best = 0
             for i in range(1, x.shape[0]):
-                if x[i, j] > x[best, j]:
+                if _argmax_beats(x[i, j], x[best, j]):
                     best = i
             out[0, j] = best
     else:
         for i in range(x.shape[0]):
             best = 0
             for j in range(1, x.shape[1]):
-                if x[i, j] > x[i, best]:
+                if _argmax_beats(x[i, j], x[i, best]):
                     best = j
             out[i, 0] = best
 
@@ -243,5 +236,5 @@ cdef int linear(const floating[:, ::1] w, const floating[:, ::1] x, const floati
             for p in range(w.shape[1]):
                 total = total + w[i, p] * x[p, j]
             total = total + bias[i, 0]
-            out[i, j] = total if (total > 0 or not relu) else 0
+            out[i, j] = 0 if (relu and total < 0) else total
     return 0

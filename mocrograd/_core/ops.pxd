@@ -24,3 +24,17 @@ cdef enum ReduceOp:
 # Reduction axes: ALL gives a 1x1 result, 0 a (1, cols) row, 1 a (rows, 1) column.
 cdef enum:
     ALL = -1
+
+
+# Comparisons with NumPy's NaN rules, shared by every variant's reductions.
+
+cdef inline double _max_nan(double best, double v) noexcept nogil:
+    """max that propagates NaN, as NumPy's max does."""
+    if v > best or v != v:
+        return v
+    return best
+
+
+cdef inline bint _argmax_beats(double v, double best) noexcept nogil:
+    """Does v replace the running argmax best? As np.argmax: the first NaN wins, ties keep the first."""
+    return best == best and (v > best or v != v)

@@ -347,7 +347,7 @@ cdef inline void _unary_run(int op, const floating* x, floating s, floating* out
             out[j] = logf(x[j]) if floating is float else log(x[j])
     elif op == RELU:
         for j in range(n):
-            out[j] = x[j] if x[j] > 0 else 0
+            out[j] = 0 if x[j] < 0 else x[j]   # NaN stays NaN
     else:  # RELU_MASK
         for j in range(n):
             out[j] = 1 if x[j] > 0 else 0
@@ -387,13 +387,6 @@ cdef void relu_grad(const floating[:, ::1] x, const floating[:, ::1] g,
 
 # ------------------------------------------------------------ reductions
 
-cdef inline double _max_nan(double best, double v) noexcept nogil:
-    """max that propagates NaN, as NumPy's max does."""
-    if v > best or v != v:
-        return v
-    return best
-
-
 cdef inline double _reduce_run(int op, const floating* x, Py_ssize_t n) noexcept nogil:
     """Sum (in double, LANES independent partial sums, vectorizable) or max of x[:n]."""
     cdef double part[LANES]
@@ -417,21 +410,30 @@ cdef inline double _reduce_run(int op, const floating* x, Py_ssize_t n) noexcept
     return total
 
 
+cdef enum:
+    COLUMN_BLOCK = 256   # columns reduced together: their partials live on the stack
+
+
 cdef inline void _column_reduce(int op, const floating* x, Py_ssize_t rows, Py_ssize_t cols,
-                                Py_ssize_t lo, Py_ssize_t hi, double* acc, floating* out) noexcept nogil:
-    """out[lo:hi] = reduction down the columns lo..hi-1, one row at a time (contiguous)."""
-    cdef Py_ssize_t i, j
-    for j in range(lo, hi):
-        acc[j - lo] = 0.0 if op == SUM else -INFINITY
-    for i in range(rows):
-        if op == SUM:
-            for j in range(lo, hi):
-                acc[j - lo] += x[i * cols + j]
-        else:
-            for j in range(lo, hi):
-                acc[j - lo] = _max_nan(acc[j - lo], x[i * cols + j])
-    for j in range(lo, hi):
-        out[j] = <floating>acc[j - lo]
+                                Py_ssize_t lo, Py_ssize_t hi, floating* out) noexcept nogil:
+    """out[lo:hi] = reduction down the columns lo..hi-1, one row at a time (contiguous),
+    COLUMN_BLOCK columns at a time with double partials on this thread's stack."""
+    cdef double acc[COLUMN_BLOCK]
+    cdef Py_ssize_t i, j, start = lo, stop
+    while start < hi:
+        stop = min(start + <Py_ssize_t>COLUMN_BLOCK, hi)
+        for j in range(start, stop):
+            acc[j - start] = 0.0 if op == SUM else -INFINITY
+        for i in range(rows):
+            if op == SUM:
+                for j in range(start, stop):
+                    acc[j - start] += x[i * cols + j]
+            else:
+                for j in range(start, stop):
+                    acc[j - start] = _max_nan(acc[j - start], x[i * cols + j])
+        for j in range(start, stop):
+            out[j] = <floating>acc[j - start]
+        start = stop
 
 
 cdef void reduce(int op, int axis, const floating[:, ::1] x,
@@ -445,13 +447,7 @@ cdef void reduce(int op, int axis, const floating[:, ::1] x,
             lo = (cols * chunk) // workers
             hi = (cols * (chunk + 1)) // workers
             if hi > lo:
-                acc = <double*>malloc((hi - lo) * sizeof(double))
-                if acc != NULL:
-                    _column_reduce(op, &x[0, 0], rows, cols, lo, hi, acc, &out[0, 0])
-                    free(acc)
-                else:  # out of memory for the partial sums: one column at a time
-                    for i in range(lo, hi):
-                        _column_reduce(op, &x[0, 0], rows, cols, i, i + 1, &total, &out[0, 0])
+                _column_reduce(op, &x[0, 0], rows, cols, lo, hi, &out[0, 0])
         return
     if axis == 1:
         for chunk in prange(workers, nogil=True, num_threads=n_threads, schedule='static'):
@@ -490,7 +486,7 @@ cdef void argmax(int axis, const floating[:, ::1] x, Py_ssize_t[:, ::1] out, int
                 out[0, j] = 0
             for i in range(1, rows):
                 for j in range(lo, hi):
-                    if x[i, j] > x[out[0, j], j]:
+                    if _argmax_beats(x[i, j], x[out[0, j], j]):
                         out[0, j] = i
     else:
         for chunk in prange(workers, nogil=True, num_threads=n_threads, schedule='static'):
@@ -499,7 +495,7 @@ cdef void argmax(int axis, const floating[:, ::1] x, Py_ssize_t[:, ::1] out, int
             for i in range(lo, hi):
                 best = 0
                 for j in range(1, cols):
-                    if x[i, j] > x[i, best]:
+                    if _argmax_beats(x[i, j], x[i, best]):
                         best = j
                 out[i, 0] = best
 
@@ -683,7 +679,7 @@ cdef inline void _bias_relu_rows(floating* out, Py_ssize_t cols, const floating*
         if relu:
             for j in range(cols):
                 v = out[i * cols + j] + b
-                out[i * cols + j] = v if v > 0 else 0
+                out[i * cols + j] = 0 if v < 0 else v
         else:
             for j in range(cols):
                 out[i * cols + j] += b

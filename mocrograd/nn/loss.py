@@ -3,6 +3,7 @@ import numpy as np
 
 from .._core import Matrix
 from ..tensor import Tensor
+from .module import Module
 
 
 def _targets(targets, batch):
@@ -33,19 +34,22 @@ def cross_entropy(logits, targets):
     return nll_loss(logits.log_softmax(axis=0), targets)
 
 
-def l2_penalty(parameters, alpha=1e-4):
-    """alpha * sum of squares of the weight matrices (biases are not penalized).
+def l2_penalty(weights, alpha=1e-4):
+    """alpha * sum of squares of the weights: a real term of the loss.
 
-    This is a real term of the loss: its gradient 2 * alpha * W reaches every weight.
-    (The original library computed it from plain numbers, as a constant, so it never
-    changed the training; ours does.) alpha = 0 returns None: no term at all."""
+    ``weights`` is a Module, whose parameters named ``weight`` are penalized (biases
+    are not, whatever their shape), or an iterable of Tensors, all of which are.
+    Its gradient 2 * alpha * W reaches every weight. (The original library computed
+    it from plain numbers, as a constant, so it never changed the training; ours
+    does.) alpha = 0, or nothing to penalize, returns None: no term at all."""
     if alpha == 0:
         return None
+    if isinstance(weights, Module):
+        weights = [p for name, p in weights.named_parameters() if name.rsplit(".", 1)[-1] == "weight"]
     total = None
-    for p in parameters:
-        if p.shape[1] > 1:  # weights are (out, in); biases are (out, 1) columns
-            term = p.sum_squares()
-            total = term if total is None else total + term
+    for w in weights:
+        term = w.sum_squares()
+        total = term if total is None else total + term
     return None if total is None else total * alpha
 
 
