@@ -153,3 +153,30 @@ def test_subprocess_uses_the_compiled_core_not_bare_sources(tmp_path):
     core = Path(result.stdout.strip())
     assert core.suffix in {".so", ".pyd"}
     assert core.exists()
+
+
+def test_dynamic_sees_busy_cores_and_gives_way(tmp_path):
+    """With a busy process per core, the load probe counts them and dynamic stops
+    using threads that would wait for a descheduled partner at every barrier."""
+    code = """
+import subprocess, sys, time
+import mocrograd
+from mocrograd import Matrix
+from mocrograd._core import other_load
+hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(mocrograd.cpu_count())]
+try:
+    a, b = Matrix.rand(512, 512, seed=1), Matrix.rand(512, 512, seed=2)
+    deadline = time.time() + 20
+    while time.time() < deadline and not mocrograd.machine_contended():
+        a @ b                      # a dynamic kernel large enough to consult the probe
+        time.sleep(0.01)
+    print(mocrograd.machine_contended(), other_load())
+finally:
+    for hog in hogs:
+        hog.kill()
+"""
+    result = run_python(tmp_path, code, OMP_NUM_THREADS="2")
+    assert result.returncode == 0, result.stderr
+    contended, load = result.stdout.split()
+    assert contended == "True"
+    assert float(load) >= 0.5

@@ -390,3 +390,26 @@ def test_backends_train_to_the_same_losses():
     assert naive[-7:].mean() < naive[:7].mean()  # it learns
     np.testing.assert_allclose(training_losses("optimized", 2), naive, rtol=1e-4)
     np.testing.assert_allclose(training_losses("dynamic", None), naive, rtol=1e-4)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_bigger_training_steps_reuse_their_large_buffers(optimizer):
+    """After the first step (which creates the gradient buffers and the optimizer
+    state), a step of the Bigger network allocates no new buffer of 16 MiB or more:
+    gradients accumulate in place, Adam's moments are updated in place. (Activations
+    at batch 32 are at most 8192 x 32 floats, 1 MiB, and are made anew each step.)"""
+    mg.manual_seed(0)
+    model = nn.Bigger()
+    parameters = model.parameters()
+    opt = nn.SGD(parameters, lr=0.01, momentum=0.9) if optimizer == "sgd" else nn.Adam(parameters, lr=1e-3)
+    train, _ = load_digits(40)
+    x, y = next(iter(DataLoader(train, batch_size=32)))
+    counts = [mg.large_allocations()]
+    for _ in range(3):
+        loss = nn.nll_loss(model(Tensor(x)), y) + nn.l2_penalty(model, alpha=1e-4)
+        opt.zero_grad(set_to_none=False)
+        loss.backward()
+        opt.step()
+        counts.append(mg.large_allocations())
+    assert counts[1] > counts[0]      # the first step allocated gradients (and state): the counter sees it
+    assert counts[3] == counts[1]     # the later steps allocated nothing large

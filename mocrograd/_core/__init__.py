@@ -5,9 +5,10 @@ Modules:
     naive      -- plain single-threaded loops: the readable reference
     optimized  -- vectorizable, cache-blocked, OpenMP-parallel versions of the same kernels
     matrix     -- the Matrix type, argument checks and dispatch to the selected variant
+    ladder     -- the matmul optimization ladder of docs/optimizations.md, one kernel per step
 """
 from .matrix import Matrix, argmax, get_backend_state, large_allocations, set_backend_state
-from .parallel import cpu_count, machine_contended, openmp_enabled
+from .parallel import cpu_count, machine_contended, openmp_enabled, other_load
 
 __all__ = ["Matrix", "argmax", "cpu_count", "get_backend_state", "large_allocations", "machine_contended",
-           "openmp_enabled", "set_backend_state"]
+           "openmp_enabled", "other_load", "set_backend_state"]

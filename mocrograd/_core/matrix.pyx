@@ -47,12 +47,24 @@ def get_backend_state():
 
 
 cdef inline int _workers_for(double work) noexcept nogil:
-    """Chunks to cut a kernel of ``work`` operations into, under the current variant."""
+    """Chunks to cut a kernel of ``work`` multiply-adds into, under the current variant."""
     if _variant == OPTIMIZED:
         return _fixed_workers
     if _variant == DYNAMIC:
         return min(dynamic_workers(work), _fixed_workers)
     return 1
+
+
+# Work is counted in multiply-adds of the register-tiled matmul (about 50 per
+# nanosecond per core). An element of an element-wise or reduction kernel moves
+# 8-12 bytes from memory and takes as long as about this many multiply-adds, so a
+# 64K-element update (an SGD step on a 256x256 weight) is worth a second thread.
+cdef double ELEMENT_WORK = 32.0
+
+
+cdef inline int _workers_for_elements(double elements) noexcept nogil:
+    """Chunks for a memory-bound kernel over ``elements`` (weighted by their cost)."""
+    return _workers_for(elements * ELEMENT_WORK)
 
 
 # ------------------------------------------------------------- dispatching
@@ -71,7 +83,7 @@ cdef void _binary(int op, const floating[:, ::1] a, const floating[:, ::1] b,
     if _variant == NAIVE:
         naive.binary(op, a, b, out, 1)
     else:
-        optimized.binary(op, a, b, out, _workers_for(out.shape[0] * out.shape[1]))
+        optimized.binary(op, a, b, out, _workers_for_elements(out.shape[0] * out.shape[1]))
 
 
 cdef void _unary(int op, const floating[:, ::1] x, double s, floating[:, ::1] out) noexcept nogil:
@@ -80,35 +92,35 @@ cdef void _unary(int op, const floating[:, ::1] x, double s, floating[:, ::1] ou
     if _variant == NAIVE:
         naive.unary(op, x, s, out, 1)
     else:
-        optimized.unary(op, x, s, out, _workers_for(work))
+        optimized.unary(op, x, s, out, _workers_for_elements(work))
 
 
 cdef void _relu_grad(const floating[:, ::1] x, const floating[:, ::1] g, floating[:, ::1] out) noexcept nogil:
     if _variant == NAIVE:
         naive.relu_grad(x, g, out, 1)
     else:
-        optimized.relu_grad(x, g, out, _workers_for(x.shape[0] * x.shape[1]))
+        optimized.relu_grad(x, g, out, _workers_for_elements(x.shape[0] * x.shape[1]))
 
 
 cdef void _reduce(int op, int axis, const floating[:, ::1] x, floating[:, ::1] out) noexcept nogil:
     if _variant == NAIVE:
         naive.reduce(op, axis, x, out, 1)
     else:
-        optimized.reduce(op, axis, x, out, _workers_for(x.shape[0] * x.shape[1]))
+        optimized.reduce(op, axis, x, out, _workers_for_elements(x.shape[0] * x.shape[1]))
 
 
 cdef void _argmax(int axis, const floating[:, ::1] x, Py_ssize_t[:, ::1] out) noexcept nogil:
     if _variant == NAIVE:
         naive.argmax(axis, x, out, 1)
     else:
-        optimized.argmax(axis, x, out, _workers_for(x.shape[0] * x.shape[1]))
+        optimized.argmax(axis, x, out, _workers_for_elements(x.shape[0] * x.shape[1]))
 
 
 cdef void _log_softmax(int axis, const floating[:, ::1] x, floating[:, ::1] out) noexcept nogil:
     if _variant == NAIVE:
         naive.log_softmax(axis, x, out, 1)
     else:
-        optimized.log_softmax(axis, x, out, _workers_for(x.shape[0] * x.shape[1] * 20.0))
+        optimized.log_softmax(axis, x, out, _workers_for_elements(x.shape[0] * x.shape[1] * 20.0))
 
 
 cdef void _log_softmax_grad(int axis, const floating[:, ::1] y, const floating[:, ::1] g,
@@ -116,12 +128,12 @@ cdef void _log_softmax_grad(int axis, const floating[:, ::1] y, const floating[:
     if _variant == NAIVE:
         naive.log_softmax_grad(axis, y, g, out, 1)
     else:
-        optimized.log_softmax_grad(axis, y, g, out, _workers_for(y.shape[0] * y.shape[1] * 10.0))
+        optimized.log_softmax_grad(axis, y, g, out, _workers_for_elements(y.shape[0] * y.shape[1] * 10.0))
 
 
 cdef void _update(int kind, double alpha, const floating[:, ::1] x, floating[:, ::1] y) noexcept nogil:
     """kind 0: y += alpha x; 1: y *= alpha; 2: y = alpha; 3: y = x."""
-    cdef int w = _workers_for(y.shape[0] * y.shape[1])
+    cdef int w = _workers_for_elements(y.shape[0] * y.shape[1])
     if _variant == NAIVE:
         if kind == 0:
             naive.axpy(alpha, x, y, 1)
@@ -146,13 +158,13 @@ cdef void _adam(floating[:, ::1] p, const floating[:, ::1] g, floating[:, ::1] m
     if _variant == NAIVE:
         naive.adam(p, g, m, v, lr, b1, b2, eps, c1, c2, wd, 1)
     else:
-        optimized.adam(p, g, m, v, lr, b1, b2, eps, c1, c2, wd, _workers_for(p.shape[0] * p.shape[1] * 8.0))
+        optimized.adam(p, g, m, v, lr, b1, b2, eps, c1, c2, wd, _workers_for_elements(p.shape[0] * p.shape[1] * 8.0))
 
 
 cdef double _sum_squares(const floating[:, ::1] x) noexcept nogil:
     if _variant == NAIVE:
         return naive.sum_squares(x, 1)
-    return optimized.sum_squares(x, _workers_for(x.shape[0] * x.shape[1]))
+    return optimized.sum_squares(x, _workers_for_elements(x.shape[0] * x.shape[1]))
 
 
 cdef int _linear(const floating[:, ::1] w, const floating[:, ::1] x, const floating[:, ::1] bias,

@@ -21,10 +21,39 @@ cdef extern from *:
     static int omp_get_max_threads(void) { return 1; }
     static double omp_get_wtime(void) { return 0.0; }
     #endif
+    #include <stdio.h>
+    #include <time.h>
+    #include <unistd.h>
+
+    /* Seconds of CPU time the whole machine has spent busy since boot (all cores,
+       counting time the hypervisor stole), from the first line of /proc/stat;
+       -1 where there is no /proc/stat (not Linux). */
+    static double mocro_machine_busy_seconds(void) {
+        unsigned long long v[8] = {0};
+        double busy;
+        FILE *f = fopen("/proc/stat", "r");
+        if (f == NULL) return -1.0;
+        int n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu",
+                       &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6], &v[7]);
+        fclose(f);
+        if (n < 4) return -1.0;
+        /* user nice system idle iowait irq softirq steal: all but idle and iowait */
+        busy = (double)(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]);
+        return busy / (double)sysconf(_SC_CLK_TCK);
+    }
+
+    /* Seconds of CPU time this process has used (all its threads). */
+    static double mocro_process_cpu_seconds(void) {
+        struct timespec t;
+        if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t) != 0) return 0.0;
+        return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+    }
     """
     int MOCRO_OPENMP
     int omp_get_max_threads() noexcept nogil
     double omp_get_wtime() noexcept nogil
+    double mocro_machine_busy_seconds() noexcept nogil
+    double mocro_process_cpu_seconds() noexcept nogil
 
 # Work (in multiply-adds or element operations) each worker must get before a
 # second thread pays: starting and joining an OpenMP team costs a few
@@ -33,16 +62,21 @@ cdef extern from *:
 # whole time slice). 2**19 operations keep one core busy for over 10 us.
 cdef double WORK_PER_WORKER = 524288.0
 
-# Contention probe (see dynamic_workers): how often, and how slow a team start
-# may be before the machine counts as busy. On an idle machine an empty parallel
-# region takes a few microseconds; when another process holds a core, the
-# second thread may not run for a whole scheduler time slice (milliseconds).
-cdef double PROBE_INTERVAL = 0.05   # seconds
-cdef double PROBE_LIMIT = 50e-6     # seconds
+# Load probe (see dynamic_workers): every PROBE_INTERVAL seconds, how many cores
+# did *other* processes keep busy since the last probe? The kernel's account of
+# busy time (/proc/stat, 100 ticks per second per core) minus this process's own
+# CPU time, over the wall time between probes, smoothed over two probes.
+# (Timing an empty parallel region does not work: on a VM, waking a sleeping
+# thread after an idle pause costs milliseconds, which looks just like a core
+# taken by someone else.)
+cdef double PROBE_INTERVAL = 0.1    # seconds: ten ticks per core per probe
+cdef double BUSY_CORE = 0.5         # other load, in cores, that costs our team one thread
 
 cdef int _threads = 0
 cdef int _uncontended = 1           # threads a team may have right now (set by the probe)
 cdef double _next_probe = 0.0
+cdef double _last_wall = 0.0, _last_machine = -1.0, _last_process = 0.0
+cdef double _other_cores = 0.0      # smoothed load of other processes, in cores
 
 
 cdef int available_threads() noexcept nogil:
@@ -59,7 +93,7 @@ cdef int threads_for(int workers) noexcept nogil:
 
 cdef int dynamic_workers(double work) noexcept nogil:
     """Workers for a kernel of ``work`` operations: 1 for tiny work, up to one per thread,
-    and 1 while the probe finds the cores busy with other processes."""
+    and fewer while other processes keep cores busy."""
     cdef double n = work / WORK_PER_WORKER
     if n <= 1.0:
         return 1
@@ -71,19 +105,23 @@ cdef int dynamic_workers(double work) noexcept nogil:
 
 
 cdef void _probe() noexcept nogil:
-    """Time an empty parallel region on all threads. A slow one means another process
-    holds a core: a team would wait for its descheduled member at every barrier, so
-    dynamic falls back to one thread until the next probe (this is what keeps it
-    from collapsing on a shared machine, where fixed worker counts can run 100x slower)."""
-    global _uncontended, _next_probe
-    cdef double start = omp_get_wtime(), elapsed
-    cdef int i
-    cdef int[64] touched
-    for i in prange(_threads, nogil=True, num_threads=_threads, schedule='static'):
-        touched[i % 64] = i
-    elapsed = omp_get_wtime() - start
-    _uncontended = _threads if elapsed < PROBE_LIMIT else 1
-    _next_probe = omp_get_wtime() + PROBE_INTERVAL
+    """Update the other processes' load and the threads a team may use.
+
+    A thread of ours that shares a core with another busy process is descheduled
+    for whole time slices, and every barrier waits for it: fixed worker counts can
+    run many times slower then. dynamic instead leaves one thread per busy core
+    (at least one), which degrades gracefully to single-threaded speed."""
+    global _uncontended, _next_probe, _last_wall, _last_machine, _last_process, _other_cores
+    cdef double wall = omp_get_wtime(), machine = mocro_machine_busy_seconds()
+    cdef double process = mocro_process_cpu_seconds(), other
+    cdef int free_threads
+    _next_probe = wall + PROBE_INTERVAL
+    if machine >= 0 and _last_machine >= 0 and wall > _last_wall:
+        other = ((machine - _last_machine) - (process - _last_process)) / (wall - _last_wall)
+        _other_cores = 0.5 * (_other_cores + (other if other > 0 else 0.0))
+        free_threads = _threads - <int>(_other_cores + 1.0 - BUSY_CORE)   # whole cores, 0.5 rounds up
+        _uncontended = free_threads if free_threads > 1 else 1
+    _last_wall, _last_machine, _last_process = wall, machine, process
 
 
 cdef void split(Py_ssize_t n, int chunks, int chunk, Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
@@ -93,8 +131,13 @@ cdef void split(Py_ssize_t n, int chunks, int chunk, Py_ssize_t* lo, Py_ssize_t*
 
 
 def machine_contended():
-    """True when the last probe found another process holding a core (dynamic then uses 1 thread)."""
+    """True when the last probe found other processes keeping cores busy (dynamic then uses fewer threads)."""
     return _uncontended < _threads
+
+
+def other_load():
+    """Cores other processes kept busy, as the last probe measured (smoothed; 0 before any probe)."""
+    return _other_cores
 
 
 def openmp_enabled():
