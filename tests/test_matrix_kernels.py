@@ -32,7 +32,8 @@ EPS64 = np.finfo(np.float64).eps
 SHAPES = [(1, 1), (1, 13), (13, 1), (13, 31), (9, 33), (17, 65), (131, 509)]
 SHAPE_IDS = [f"{r}x{c}" for r, c in SHAPES]
 
-# (m, k, n) of op(A) @ op(B). The register tile is 8 x 32 and a k-block 256 deep.
+# (m, k, n) of op(A) @ op(B). With AVX-512 the float32 register tile is 12 x 32; a
+# k-block is 256 deep, or 1024 when B is a single strip (n <= 32: batch-sized products).
 MATMUL_SHAPES = [
     (1, 1, 1), (1, 13, 1), (1, 1, 13), (13, 1, 1),
     (7, 13, 31), (13, 31, 7), (33, 64, 9),
@@ -40,6 +41,9 @@ MATMUL_SHAPES = [
     (9, 257, 33),      # one past a tile in every dimension
     (17, 300, 65),
     (257, 513, 129),   # large: 33 x 5 tiles, three k-blocks, the last one 1 deep
+    (50, 1100, 8),     # a batch of 8: four full row tiles and a 2-row edge, two deep k-blocks
+    (100, 70, 16),     # half a tile wide
+    (61, 40, 17),      # one column more
 ]
 
 OPS = {"add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv}
