@@ -138,3 +138,17 @@ def test_kernel_benchmarks_quick(tmp_path):
             else:
                 rate = entry.get("gflops", entry.get("gbps"))
                 assert math.isfinite(rate) and rate > 0, (row["label"], name)
+
+
+def test_overhead_benchmark_measures_both_operand_sizes(tmp_path):
+    out = tmp_path / "overhead.json"
+    _run([sys.executable, str(BENCH / "overhead.py"), "--blocks", "2", "--calls", "20", "--json", str(out)],
+         cwd=tmp_path)
+    report = json.loads(out.read_text())
+    cases = {(r["op"], r["operands"]) for r in report["results"]}
+    assert cases == {(op, size) for op in ("mul", "matmul") for size in ("1x1", "64x32")}
+    for r in report["results"]:
+        assert math.isfinite(r["mocrograd_us"]) and r["mocrograd_us"] > 0
+        assert len(r["blocks"]["mocrograd"]) == 2
+        has_torch = importlib.util.find_spec("torch") is not None
+        assert (r["torch_us"] is not None and r["torch_us"] > 0) if has_torch else r["torch_us"] is None
