@@ -11,16 +11,6 @@ from libc.math cimport exp, log, pow, sqrt, INFINITY
 from .ops cimport *
 
 
-cdef inline double _binary_op(int op, double a, double b) noexcept nogil:
-    if op == ADD:
-        return a + b
-    if op == SUB:
-        return a - b
-    if op == MUL:
-        return a * b
-    return a / b
-
-
 cdef inline double _unary_op(int op, double x, double s) noexcept nogil:
     if op == ADD_SCALAR:
         return x + s
@@ -66,7 +56,7 @@ cdef void binary(int op, const floating[:, ::1] a, const floating[:, ::1] b,
     cdef Py_ssize_t i, j
     for i in range(out.shape[0]):
         for j in range(out.shape[1]):
-            out[i, j] = <floating>_binary_op(op, a[i * ar, j * ac], b[i * br, j * bc])
+            out[i, j] = _apply_binary(op, a[i * ar, j * ac], b[i * br, j * bc])
 
 
 cdef void unary(int op, const floating[:, ::1] x, double scalar,

@@ -1,3 +1,5 @@
+from cython cimport floating
+
 # Operation codes shared by the kernels and their dispatch in matrix.pyx.
 
 cdef enum BinaryOp:
@@ -38,3 +40,14 @@ cdef inline double _max_nan(double best, double v) noexcept nogil:
 cdef inline bint _argmax_beats(double v, double best) noexcept nogil:
     """Does v replace the running argmax best? As np.argmax: the first NaN wins, ties keep the first."""
     return best == best and (v > best or v != v)
+
+
+cdef inline floating _apply_binary(int op, floating a, floating b) noexcept nogil:
+    """One element of a binary kernel: a single IEEE operation, so every variant agrees bit for bit."""
+    if op == ADD:
+        return a + b
+    if op == SUB:
+        return a - b
+    if op == MUL:
+        return a * b
+    return a / b

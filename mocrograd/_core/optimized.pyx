@@ -261,16 +261,6 @@ cdef int matmul(const floating[:, ::1] a, bint trans_a, const floating[:, ::1] b
 
 # ---------------------------------------------------------- element-wise
 
-cdef inline floating _binary_op(int op, floating a, floating b) noexcept nogil:
-    if op == ADD:
-        return a + b
-    if op == SUB:
-        return a - b
-    if op == MUL:
-        return a * b
-    return a / b
-
-
 cdef inline void _binary_run(int op, const floating* a, bint a_full, const floating* b, bint b_full,
                              floating* out, Py_ssize_t n) noexcept nogil:
     """out[:n] = a op b over a run where each operand is either full or one repeated value."""
@@ -278,16 +268,16 @@ cdef inline void _binary_run(int op, const floating* a, bint a_full, const float
     cdef floating av = a[0], bv = b[0]
     if a_full and b_full:
         for j in range(n):
-            out[j] = _binary_op(op, a[j], b[j])
+            out[j] = _apply_binary(op, a[j], b[j])
     elif a_full:
         for j in range(n):
-            out[j] = _binary_op(op, a[j], bv)
+            out[j] = _apply_binary(op, a[j], bv)
     elif b_full:
         for j in range(n):
-            out[j] = _binary_op(op, av, b[j])
+            out[j] = _apply_binary(op, av, b[j])
     else:
         for j in range(n):
-            out[j] = _binary_op(op, av, bv)
+            out[j] = _apply_binary(op, av, bv)
 
 
 cdef void binary(int op, const floating[:, ::1] a, const floating[:, ::1] b,
