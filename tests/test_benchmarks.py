@@ -152,3 +152,18 @@ def test_overhead_benchmark_measures_both_operand_sizes(tmp_path):
         assert len(r["blocks"]["mocrograd"]) == 2
         has_torch = importlib.util.find_spec("torch") is not None
         assert (r["torch_us"] is not None and r["torch_us"] > 0) if has_torch else r["torch_us"] is None
+
+
+def test_ab_alternates_settings_and_reports_ratios(tmp_path):
+    done = _run([sys.executable, str(BENCH / "ab.py"), "--model", "normal", "--length", "40", "--epochs", "1",
+                 "--repeats", "2", "optimized:2", "dynamic"], cwd=tmp_path)
+    lines = done.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["optimized:2", "dynamic"]
+    assert "ratio 1.000" in lines[0]
+    assert all(len(line.split("runs")[1].split()) == 2 for line in lines)
+
+
+def test_ab_rejects_a_bad_setting(tmp_path):
+    done = subprocess.run([sys.executable, str(BENCH / "ab.py"), "fast:2"], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert done.returncode == 2 and "expected BACKEND or BACKEND:WORKERS" in done.stderr
