@@ -64,13 +64,46 @@ cdef extern from *:
     #define MOCRO_FMAF(a, b, c) ((a) * (b) + (c))
     #define MOCRO_FMA(a, b, c) ((a) * (b) + (c))
     #endif
+
+    /* The narrow tile (n <= NR/2: a batch of 8, say): MR rows x one SIMD vector.
+       Written with GCC/Clang vector types because, given plain loops, GCC vectorizes
+       this shape across rows with shuffles and runs it 5x slower than the wide tile.
+       acc[i] += a_i * b is one FMA per row and step (contracted, as the wide tile's
+       fmaf is; without FMA hardware both are a multiply and an add). */
+    #include <string.h>
+    #define MOCRO_HALF_NR_F32 (MOCRO_VEC_BYTES / 4)
+    #define MOCRO_HALF_NR_F64 (MOCRO_VEC_BYTES / 8)
+    #define MOCRO_NARROW_TILE(NAME, T, W)                                              \
+    typedef T NAME##_vec __attribute__((vector_size(MOCRO_VEC_BYTES)));                \
+    MOCRO_CONTRACT static void NAME(Py_ssize_t kc, const T* a, Py_ssize_t sai,         \
+                                    Py_ssize_t sap, const T* bp, T* out) {             \
+        NAME##_vec acc[MOCRO_MR], b;                                                   \
+        for (int i = 0; i < MOCRO_MR; i++) acc[i] = (NAME##_vec){0};                   \
+        for (Py_ssize_t p = 0; p < kc; p++) {                                          \
+            memcpy(&b, bp + p * W, sizeof b);                                          \
+            for (int i = 0; i < MOCRO_MR; i++) acc[i] += a[i * sai + p * sap] * b;     \
+        }                                                                              \
+        memcpy(out, acc, sizeof acc);                                                  \
+    }
+    #if defined(__GNUC__) && !defined(__clang__)
+    #define MOCRO_CONTRACT __attribute__((optimize("fp-contract=fast")))
+    #else
+    #define MOCRO_CONTRACT
+    #endif
+    MOCRO_NARROW_TILE(mocro_narrow_tile_f32, float, MOCRO_HALF_NR_F32)
+    MOCRO_NARROW_TILE(mocro_narrow_tile_f64, double, MOCRO_HALF_NR_F64)
     """
     enum:
         MR "MOCRO_MR"
         NR_F32 "MOCRO_NR_F32"
         NR_F64 "MOCRO_NR_F64"
+        HALF_NR_F32 "MOCRO_HALF_NR_F32"
     float MOCRO_FMAF(float a, float b, float c) noexcept nogil
     double MOCRO_FMA(double a, double b, double c) noexcept nogil
+    void mocro_narrow_tile_f32(Py_ssize_t kc, const float* a, Py_ssize_t sai, Py_ssize_t sap,
+                               const float* bp, float* out) noexcept nogil
+    void mocro_narrow_tile_f64(Py_ssize_t kc, const double* a, Py_ssize_t sai, Py_ssize_t sap,
+                               const double* bp, double* out) noexcept nogil
 
 cdef enum:
     KC_BYTES = 1024      # k-block: 256 floats / 128 doubles, so a KC x NR strip of B is 32 KB (L1)
@@ -95,6 +128,19 @@ cdef inline floating _fma(floating a, floating b, floating c) noexcept nogil:
         return MOCRO_FMA(a, b, c)
 
 
+cdef inline void _store_tile(const floating* acc, Py_ssize_t tile_cols, floating* c, Py_ssize_t ldc,
+                             Py_ssize_t mr, Py_ssize_t nr, bint overwrite) noexcept nogil:
+    """c[:mr, :nr] = (or +=) the register tile's sums (only the part that exists at an edge)."""
+    cdef Py_ssize_t i, j
+    for i in range(mr):
+        if overwrite:
+            for j in range(nr):
+                c[i * ldc + j] = acc[i * tile_cols + j]
+        else:
+            for j in range(nr):
+                c[i * ldc + j] += acc[i * tile_cols + j]
+
+
 cdef inline void _micro_tile(Py_ssize_t kc, const floating* a, Py_ssize_t sai, Py_ssize_t sap,
                              const floating* bp, floating* c, Py_ssize_t ldc,
                              Py_ssize_t mr, Py_ssize_t nr, bint overwrite) noexcept nogil:
@@ -113,30 +159,28 @@ cdef inline void _micro_tile(Py_ssize_t kc, const floating* a, Py_ssize_t sai, P
             a_ip = a[i * sai + p * sap]
             for j in range(NR):
                 acc[i * NR + j] = _fma(a_ip, bp[p * NR + j], acc[i * NR + j])
-    if mr == MR and nr == NR:   # a full tile: fixed bounds, stored straight from the registers
-        if overwrite:
-            for i in range(MR):
-                for j in range(NR):
-                    c[i * ldc + j] = acc[i * NR + j]
-        else:
-            for i in range(MR):
-                for j in range(NR):
-                    c[i * ldc + j] += acc[i * NR + j]
-    elif overwrite:             # an edge tile: only its mr x nr part exists
-        for i in range(mr):
-            for j in range(nr):
-                c[i * ldc + j] = acc[i * NR + j]
+    _store_tile(acc, NR, c, ldc, mr, nr, overwrite)
+
+
+cdef inline void _micro_tile_narrow(Py_ssize_t kc, const floating* a, Py_ssize_t sai, Py_ssize_t sap,
+                                    const floating* bp, floating* c, Py_ssize_t ldc,
+                                    Py_ssize_t mr, Py_ssize_t nr, bint overwrite) noexcept nogil:
+    """The same with the narrow MR x NR/2 tile (one SIMD vector), for n <= NR/2: on a
+    batch of 8 the wide tile leaves three quarters of its lanes idle, this one half."""
+    cdef floating acc[MR * HALF_NR_F32]
+    if floating is float:
+        mocro_narrow_tile_f32(kc, a, sai, sap, bp, acc)
     else:
-        for i in range(mr):
-            for j in range(nr):
-                c[i * ldc + j] += acc[i * NR + j]
+        mocro_narrow_tile_f64(kc, a, sai, sap, bp, acc)
+    _store_tile(acc, _nr(a) // 2, c, ldc, mr, nr, overwrite)
 
 
 cdef inline void _pack_b(const floating* b, Py_ssize_t sbp, Py_ssize_t sbj, Py_ssize_t kc,
-                         Py_ssize_t nr, floating* bp) noexcept nogil:
-    """Copy a kc x nr block of op(B) into a contiguous kc x NR strip, zero-padded.
-    The transpose is handled here, by reading along whichever index is contiguous."""
-    cdef Py_ssize_t p, j, NR = _nr(b)
+                         Py_ssize_t nr, Py_ssize_t NR, floating* bp) noexcept nogil:
+    """Copy a kc x nr block of op(B) into a contiguous kc x NR strip (NR: the tile's
+    width), zero-padded. The transpose is handled here, by reading along whichever
+    index is contiguous."""
+    cdef Py_ssize_t p, j
     if sbj == 1:   # rows of op(B) are contiguous
         for p in range(kc):
             for j in range(nr):
@@ -170,29 +214,33 @@ cdef inline void _pack_a(const floating* a, Py_ssize_t sai, Py_ssize_t sap, Py_s
             ap[p * MR + i] = 0
 
 
-cdef inline void _block(Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t s0, Py_ssize_t s1, Py_ssize_t m,
-                        Py_ssize_t n, Py_ssize_t kc, const floating* a, Py_ssize_t sai, Py_ssize_t sap,
-                        const floating* bp, floating* c, bint overwrite) noexcept nogil:
+cdef inline void _block(bint narrow, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t s0, Py_ssize_t s1,
+                        Py_ssize_t m, Py_ssize_t n, Py_ssize_t kc, const floating* a, Py_ssize_t sai,
+                        Py_ssize_t sap, const floating* bp, floating* c, bint overwrite) noexcept nogil:
     """Rows r0..r1-1 x strips s0..s1-1 of the output, for one k-block (bp = its packed B)."""
     cdef floating a_pack[MR * KC_MAX]
-    cdef Py_ssize_t NR = _nr(a), i0, mr, s, j0
+    cdef Py_ssize_t NR = _nr(a) // 2 if narrow else _nr(a), i0, mr, s, j0
+    cdef const floating* panel
+    cdef Py_ssize_t panel_i, panel_p
     # Packing the A panel costs one pass over it; it pays when the panel is reused
     # by several strips (and pads the last, partial row tile). When B is a single
-    # strip (n <= NR: batch-sized products), A is streamed once and read in place.
+    # strip (batch-sized products), A is streamed once and read in place.
     cdef bint pack = s1 - s0 > 1
     i0 = r0
     while i0 < r1:
         mr = min(<Py_ssize_t>MR, m - i0)
         if pack or mr < MR:
             _pack_a(a + i0 * sai, sai, sap, kc, mr, a_pack)
-            for s in range(s0, s1):
-                j0 = s * NR
-                _micro_tile(kc, a_pack, 1, MR, bp + s * kc * NR, c + i0 * n + j0, n,
-                            mr, min(NR, n - j0), overwrite)
+            panel, panel_i, panel_p = a_pack, 1, MR
         else:
-            for s in range(s0, s1):
-                j0 = s * NR
-                _micro_tile(kc, a + i0 * sai, sai, sap, bp + s * kc * NR, c + i0 * n + j0, n,
+            panel, panel_i, panel_p = a + i0 * sai, sai, sap
+        for s in range(s0, s1):
+            j0 = s * NR
+            if narrow:
+                _micro_tile_narrow(kc, panel, panel_i, panel_p, bp + s * kc * NR, c + i0 * n + j0, n,
+                                   mr, min(NR, n - j0), overwrite)
+            else:
+                _micro_tile(kc, panel, panel_i, panel_p, bp + s * kc * NR, c + i0 * n + j0, n,
                             mr, min(NR, n - j0), overwrite)
         i0 += MR
 
@@ -204,7 +252,9 @@ cdef int matmul(const floating[:, ::1] a, bint trans_a, const floating[:, ::1] b
     # op(a)[i, p] = pa[i * sai + p * sap]; op(b)[p, j] = pb[p * sbp + j * sbj]
     cdef Py_ssize_t sai = 1 if trans_a else k, sap = m if trans_a else 1
     cdef Py_ssize_t sbp = 1 if trans_b else n, sbj = k if trans_b else 1
-    cdef Py_ssize_t NR = _nr(&out[0, 0])
+    # narrow: n fits half a wide tile (a batch of up to 16 floats): the MR x NR/2 tile
+    cdef bint narrow = n <= _nr(&out[0, 0]) // 2
+    cdef Py_ssize_t NR = _nr(&out[0, 0]) // 2 if narrow else _nr(&out[0, 0])
     cdef Py_ssize_t n_strips, m_tiles, kc_max, strips_per_group, g0, g1, pc, kc, s, lo, hi
     cdef int chunk, n_threads = threads_for(workers)
     cdef bint split_rows, overwrite
@@ -232,7 +282,7 @@ cdef int matmul(const floating[:, ::1] a, bint trans_a, const floating[:, ::1] b
         overwrite = pc == 0 and not accumulate
         for s in prange(n_strips, nogil=True, num_threads=n_threads, schedule='static'):
             _pack_b(&b[0, 0] + pc * sbp + s * NR * sbj, sbp, sbj, kc,
-                    min(NR, n - s * NR), bp + s * kc * NR)
+                    min(NR, n - s * NR), NR, bp + s * kc * NR)
         if split_rows:
             # one group of strips at a time (it stays in L2), its rows cut into chunks
             g0 = 0
@@ -241,8 +291,8 @@ cdef int matmul(const floating[:, ::1] a, bint trans_a, const floating[:, ::1] b
                 for chunk in prange(workers, nogil=True, num_threads=n_threads, schedule='static'):
                     lo = (m_tiles * chunk) // workers
                     hi = (m_tiles * (chunk + 1)) // workers
-                    _block(lo * MR, min(hi * MR, m), g0, g1, m, n, kc, &a[0, 0] + pc * sap, sai, sap,
-                           bp, &out[0, 0], overwrite)
+                    _block(narrow, lo * MR, min(hi * MR, m), g0, g1, m, n, kc, &a[0, 0] + pc * sap,
+                           sai, sap, bp, &out[0, 0], overwrite)
                 g0 = g1
         else:
             # the strips cut into chunks; each chunk runs all rows over its strips
@@ -251,7 +301,7 @@ cdef int matmul(const floating[:, ::1] a, bint trans_a, const floating[:, ::1] b
                 hi = (n_strips * (chunk + 1)) // workers
                 while lo < hi:
                     g1 = min(lo + strips_per_group, hi)
-                    _block(0, m, lo, g1, m, n, kc, &a[0, 0] + pc * sap, sai, sap,
+                    _block(narrow, 0, m, lo, g1, m, n, kc, &a[0, 0] + pc * sap, sai, sap,
                            bp, &out[0, 0], overwrite)
                     lo = g1
         pc += kc
