@@ -74,29 +74,20 @@ def _env(name, default, cast=int):
         raise SystemExit(f"run.py: error: environment variable {name} must be a {cast.__name__}, got {raw!r}")
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def build_parser():
+    from mocrograd.train import positive_int   # the training command's own argument check
     parser = argparse.ArgumentParser(
         prog="benchmarks/run.py", description="mocrograd's benchmark suite: training time, memory and "
         "accuracy of every kernel configuration beside NumPy and PyTorch, plus kernel micro-benchmarks.",
         epilog="Environment variables give defaults that flags override: BENCH_EPOCHS, BENCH_LENGTH, "
                "BENCH_REPEATS, BENCH_BIGGER_LENGTH, BENCH_BUDGET, BENCH_OUT, BENCH_QUICK=1.")
-    parser.add_argument("--epochs", type=_positive_int, help="epochs per training run (default 10; quick 1)")
-    parser.add_argument("--length", type=_positive_int,
+    parser.add_argument("--epochs", type=positive_int, help="epochs per training run (default 10; quick 1)")
+    parser.add_argument("--length", type=positive_int,
                         help="examples for Normal; Longer gets LENGTH/10 (default 1000; quick 200)")
-    parser.add_argument("--repeats", type=_positive_int, help="runs of each configuration (default 3; quick 1)")
-    parser.add_argument("--bigger-length", type=_positive_int,
+    parser.add_argument("--repeats", type=positive_int, help="runs of each configuration (default 3; quick 1)")
+    parser.add_argument("--bigger-length", type=positive_int,
                         help="examples for Bigger (default LENGTH/100, at least 1; quick 3)")
-    parser.add_argument("--extra-bigger-length", type=_positive_int, action="append", default=[], metavar="N",
+    parser.add_argument("--extra-bigger-length", type=positive_int, action="append", default=[], metavar="N",
                         help="also train Bigger on N examples, as an extra network 'bigger@N' (repeatable); "
                              "e.g. 32 for the original LENGTH=3200, which the 1797 digits cannot give Normal")
     parser.add_argument("--networks", default="normal,longer,bigger",

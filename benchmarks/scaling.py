@@ -66,6 +66,7 @@ def worker(args):
     manual_seed(0)
     model = nn.build_model(args.model)
     params = sum(p.shape[0] * p.shape[1] for p in model.parameters())
+    weights = nn.penalized_weights(model)
     with backend("dynamic", workers):
         opt = dist.wrap(model, nn.SGD(model.parameters(), lr=0.01))
         loader = dist.loader(train, args.batch_size)
@@ -77,7 +78,7 @@ def worker(args):
             t0 = time.perf_counter()
             opt.zero_grad()
             t1 = time.perf_counter()
-            loss = nn.nll_loss(model(Tensor(x)), y) + nn.l2_penalty(model, 1e-4)
+            loss = nn.nll_loss(model(Tensor(x)), y) + nn.l2_penalty(weights, 1e-4)
             loss.backward()
             t2 = time.perf_counter()
             reduce_before = dist.allreduce_seconds

@@ -88,10 +88,9 @@ def _finite(matrix):
 
 def _first_non_finite(params, names, which):
     for name, p in zip(names, params):
-        matrix = p.grad.data if which == "gradient" else p.data
         if which == "gradient" and p.grad is None:
             continue
-        if not _finite(matrix):
+        if not _finite(p.grad.data if which == "gradient" else p.data):
             return f"the {which} of {name} is not finite"
     return None
 
@@ -129,6 +128,7 @@ def fit(model, train, val, epochs=10, batch_size=32, lr=0.01, optimizer="sgd", l
         opt = dist.wrap(model, opt)
     parameters = model.parameters()
     names = [name for name, _ in model.named_parameters()]
+    weights = nn.penalized_weights(model)   # what the L2 term penalizes, taken once
     batches_per_epoch = len(train_loader)
     run_config = {"epochs": epochs, "batch_size": batch_size, "optimizer": optimizer, "l2": l2,
                   "train_examples": len(train), "val_examples": len(val)}
@@ -171,7 +171,7 @@ def fit(model, train, val, epochs=10, batch_size=32, lr=0.01, optimizer="sgd", l
             for batch, (x, y) in enumerate(bar if bar is not None else batches, start=first):
                 out = model(Tensor(x))
                 loss = nn.nll_loss(out, y)
-                penalty = nn.l2_penalty(model, l2)
+                penalty = nn.l2_penalty(weights, l2)
                 objective = loss if penalty is None else loss + penalty
                 opt.zero_grad(set_to_none=False)   # keep the gradient buffers: no new large allocations
                 objective.backward()
@@ -251,44 +251,26 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def _bounded(convert, noun, op, least):
+    """An argparse type: ``convert(text)``, which must be finite and ``op`` (">" or ">=") ``least``."""
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
+        in_range = value > least if op == ">" else value >= least
+        if convert is float and not (in_range and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"must be a finite number {op} {least}, got {text}")
+        if not in_range:
+            raise argparse.ArgumentTypeError(f"must be {op} {least}, got {value}")
+        return value
+    return parse
 
 
-def _positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0 or not np.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
-def _nonnegative_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0 or not np.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
-
-
-def _nonnegative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+positive_int = _bounded(int, "a whole number", ">=", 1)
+nonnegative_int = _bounded(int, "a whole number", ">=", 0)
+positive_float = _bounded(float, "a number", ">", 0)
+nonnegative_float = _bounded(float, "a number", ">=", 0)
 
 
 def build_parser():
@@ -299,25 +281,25 @@ def build_parser():
                "LENGTH/100 (at least 1), as in the original library; a single model trains on LENGTH. "
                "The last 20% of the examples are the validation set (in order unless --shuffle).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("epochs_pos", nargs="?", type=_positive_int, metavar="EPOCHS",
+    parser.add_argument("epochs_pos", nargs="?", type=positive_int, metavar="EPOCHS",
                         help="epochs (same as --epochs; default 10)")
-    parser.add_argument("length_pos", nargs="?", type=_positive_int, metavar="LENGTH",
+    parser.add_argument("length_pos", nargs="?", type=positive_int, metavar="LENGTH",
                         help=f"examples, 1 to {DIGITS} (same as --length; default 1000)")
-    parser.add_argument("--epochs", type=_positive_int, help="epochs (default 10)")
-    parser.add_argument("--length", type=_positive_int, help="examples to use, 1 to 1797 (default 1000)")
+    parser.add_argument("--epochs", type=positive_int, help="epochs (default 10)")
+    parser.add_argument("--length", type=positive_int, help="examples to use, 1 to 1797 (default 1000)")
     parser.add_argument("--model", choices=["normal", "longer", "bigger", "all"], default="all",
                         help="which network to train")
     parser.add_argument("--backend", choices=BACKENDS, default="dynamic", help="kernel variant")
-    parser.add_argument("--workers", type=_positive_int, default=None,
+    parser.add_argument("--workers", type=positive_int, default=None,
                         help=f"workers for the optimized kernels (default: the core count, {cpu_count()})")
-    parser.add_argument("--batch-size", type=_positive_int, default=32, help="examples per batch")
-    parser.add_argument("--lr", type=_positive_float, default=0.01, help="learning rate")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="examples per batch")
+    parser.add_argument("--lr", type=positive_float, default=0.01, help="learning rate")
     parser.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd", help="optimizer")
-    parser.add_argument("--l2", type=_nonnegative_float, default=1e-4,
+    parser.add_argument("--l2", type=nonnegative_float, default=1e-4,
                         help="L2 penalty alpha on the weights (0 turns it off)")
     parser.add_argument("--shuffle", action="store_true",
                         help="shuffle the examples (with --seed) before the train/validation split")
-    parser.add_argument("--seed", type=_nonnegative_int, default=0,
+    parser.add_argument("--seed", type=nonnegative_int, default=0,
                         help="seed for initialization and shuffling: same seed, backend and workers, same numbers")
     parser.add_argument("--json", metavar="PATH", help="write per-epoch metrics and timings as JSON")
     parser.add_argument("--plot", metavar="PATH", help="write a PNG of loss and accuracy curves (needs matplotlib)")

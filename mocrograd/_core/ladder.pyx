@@ -69,28 +69,29 @@ cdef inline void _row_update(floating a_ip, const floating* b_row, floating* out
         out_row[j] += a_ip * b_row[j]
 
 
-cdef void step3(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] out) noexcept nogil:
+cdef inline void _rows(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] out,
+                       Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """Rows lo..hi-1 of out = a @ b, one vectorizable row update per (i, p)."""
     cdef Py_ssize_t i, j, p, n = out.shape[1]
-    for i in range(out.shape[0]):
+    for i in range(lo, hi):
         for j in range(n):
             out[i, j] = 0
         for p in range(a.shape[1]):
             _row_update(a[i, p], &b[p, 0], &out[i, 0], n)
 
 
-# 4. parallel rows: the rows are cut into `workers` chunks run by prange.
+cdef void step3(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] out) noexcept nogil:
+    _rows(a, b, out, 0, out.shape[0])
+
+
+# 4. parallel rows: the rows are cut into `workers` chunks run by prange, each
+#    chunk doing step 3 on its rows.
 cdef void step4(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] out,
                 int workers) noexcept nogil:
-    cdef Py_ssize_t m = out.shape[0], n = out.shape[1], i, j, p, lo, hi
+    cdef Py_ssize_t m = out.shape[0]
     cdef int chunk
     for chunk in prange(workers, nogil=True, num_threads=threads_for(workers), schedule='static'):
-        lo = (m * chunk) // workers
-        hi = (m * (chunk + 1)) // workers
-        for i in range(lo, hi):
-            for j in range(n):
-                out[i, j] = 0
-            for p in range(a.shape[1]):
-                _row_update(a[i, p], &b[p, 0], &out[i, 0], n)
+        _rows(a, b, out, (m * chunk) // workers, (m * (chunk + 1)) // workers)
 
 
 # 5. cache blocks: a KC x NC block of b (1 MB of floats at most) is reused by

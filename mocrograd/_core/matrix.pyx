@@ -483,7 +483,7 @@ cdef class Matrix:
         return total
 
     def __matmul__(self, other):
-        if not _operands(self, other) or not isinstance(other, Matrix):
+        if not isinstance(self, Matrix) or not isinstance(other, Matrix):
             return NotImplemented
         return self.matmul(other)
 

@@ -34,6 +34,12 @@ def cross_entropy(logits, targets):
     return nll_loss(logits.log_softmax(axis=0), targets)
 
 
+def penalized_weights(module):
+    """The parameters ``l2_penalty(module)`` penalizes: those named ``weight``. A training
+    loop can take them once and pass the list at every step."""
+    return [p for name, p in module.named_parameters() if name.rsplit(".", 1)[-1] == "weight"]
+
+
 def l2_penalty(weights, alpha=1e-4):
     """alpha * sum of squares of the weights: a real term of the loss.
 
@@ -45,7 +51,7 @@ def l2_penalty(weights, alpha=1e-4):
     if alpha == 0:
         return None
     if isinstance(weights, Module):
-        weights = [p for name, p in weights.named_parameters() if name.rsplit(".", 1)[-1] == "weight"]
+        weights = penalized_weights(weights)
     total = None
     for w in weights:
         term = w.sum_squares()
