@@ -3,14 +3,15 @@
 The core (``mocrograd._core``) is Cython over typed memoryviews, parallel with
 OpenMP, in three switchable kernel variants (see ``mocrograd.backend``).
 """
-from ._core import Matrix, cpu_count, large_allocations, machine_contended, openmp_enabled
-from .backend import backend, get_backend, set_backend
+from ._core import DEFAULT_GRAIN, Matrix, chunks_for_work, cpu_count, large_allocations, machine_contended, \
+    openmp_enabled
+from .backend import backend, get_backend, get_grain, set_backend
 from . import data, nn
 from .gradcheck import GradcheckError, gradcheck
 from .random import manual_seed
 from .tensor import Tensor, is_grad_enabled, linear, no_grad
 
 __version__ = "0.1.0"
-__all__ = ["GradcheckError", "Matrix", "Tensor", "backend", "cpu_count", "data", "get_backend", "gradcheck",
-           "is_grad_enabled", "large_allocations", "linear", "machine_contended", "manual_seed", "nn",
-           "no_grad", "openmp_enabled", "set_backend"]
+__all__ = ["DEFAULT_GRAIN", "GradcheckError", "Matrix", "Tensor", "backend", "chunks_for_work", "cpu_count", "data",
+           "get_backend", "get_grain", "gradcheck", "is_grad_enabled", "large_allocations", "linear",
+           "machine_contended", "manual_seed", "nn", "no_grad", "openmp_enabled", "set_backend"]

@@ -9,19 +9,26 @@
 the vectorized, blocked kernels cut into ``workers`` chunks (default: the core
 count, see ``mocrograd.cpu_count()``); ``dynamic`` (the default) runs the same
 optimized kernels with a worker count chosen for each call from the size of the
-work, so tiny matrices stay on one thread.
+work and the machine's other load.
+
+Both cut a kernel into chunks of at least ``grain`` operations (multiply-adds,
+or element operations weighted by their cost; default ``DEFAULT_GRAIN`` = 2**19,
+about 10 microseconds of one core): a smaller kernel runs as one chunk on the
+calling thread whatever ``workers`` says, because waking a second thread would
+cost more than it saves. ``grain=1`` cuts every kernel into exactly ``workers``
+chunks (the tests do, to reach every chunk boundary on small shapes).
 
 At import, ``MOCROGRAD_BACKEND`` and ``MOCROGRAD_WORKERS`` set the starting choice.
 """
 import contextlib
 import os
 
-from ._core import cpu_count, get_backend_state, set_backend_state
+from ._core import DEFAULT_GRAIN, cpu_count, set_backend_state
 
 BACKENDS = ("naive", "optimized", "dynamic")
 
 
-def _check(name, workers):
+def _check(name, workers, grain):
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
     if workers is not None:
@@ -29,32 +36,45 @@ def _check(name, workers):
             raise ValueError(f"workers must be a whole number >= 1 or None, got {workers!r}")
         if workers < 1:
             raise ValueError(f"workers must be >= 1 (or None for the core count), got {workers}")
+    if grain is not None:
+        if isinstance(grain, bool) or not isinstance(grain, int):
+            raise ValueError(f"grain must be a whole number >= 1 or None, got {grain!r}")
+        if grain < 1:
+            raise ValueError(f"grain must be >= 1 (or None for DEFAULT_GRAIN), got {grain}")
 
 
-def set_backend(name, workers=None):
+def set_backend(name, workers=None, grain=None):
     """Select the kernel variant for all following operations.
 
     ``workers`` is the number of chunks ``optimized`` cuts each kernel into (None:
     ``cpu_count()``); chunks beyond the core count share the cores rather than
     oversubscribing them. ``naive`` always uses one; ``dynamic`` chooses per call
-    and treats ``workers`` as an upper bound (None: the core count).
+    and treats ``workers`` as an upper bound (None: the core count). ``grain`` is
+    the least work a chunk gets (None: ``DEFAULT_GRAIN``; see the module docstring).
     """
-    _check(name, workers)
-    set_backend_state(name, workers if workers is not None else cpu_count())
-    global _workers_given
-    _workers_given = workers
+    _check(name, workers, grain)
+    set_backend_state(name, workers if workers is not None else cpu_count(),
+                      grain if grain is not None else DEFAULT_GRAIN)
+    global _given
+    _given = (name, workers, grain)
 
 
 def get_backend():
     """The current (name, workers) pair; workers is None when left to the default."""
-    return get_backend_state()[0], _workers_given
+    return _given[:2]
+
+
+def get_grain():
+    """The grain set with the backend: None when left to the default, ``DEFAULT_GRAIN``."""
+    return _given[2]
 
 
 @contextlib.contextmanager
-def backend(name, workers=None):
-    """Context manager: use a backend inside the ``with`` block, then restore the previous one."""
-    previous = get_backend()
-    set_backend(name, workers)
+def backend(name, workers=None, grain=None):
+    """Context manager: use a backend inside the ``with`` block, then restore the previous one
+    (its workers and grain too)."""
+    previous = _given
+    set_backend(name, workers, grain)
     try:
         yield
     finally:
@@ -71,5 +91,5 @@ def _from_environment():
     set_backend(name, workers)
 
 
-_workers_given = None
+_given = ("dynamic", None, None)
 _from_environment()

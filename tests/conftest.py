@@ -19,7 +19,9 @@ import mocrograd  # noqa: E402
 
 # Every variant with 1, 2, 3 and 7 workers: 2 and 3 split outputs unevenly
 # (tiles, rows and elements rarely divide by 3), 7 is more chunks than cores.
-# naive ignores workers, so it needs one entry.
+# naive ignores workers, so it needs one entry. The grid runs with grain 1, so
+# even a 3x3 kernel is cut into that many chunks and every chunk boundary is
+# reached (the default grain keeps small kernels in one chunk).
 WORKER_COUNTS = (1, 2, 3, 7)
 BACKENDS = [("naive", 1)] + [(name, w) for name in ("optimized", "dynamic") for w in WORKER_COUNTS]
 
@@ -27,15 +29,15 @@ BACKENDS = [("naive", 1)] + [(name, w) for name in ("optimized", "dynamic") for 
 @pytest.fixture(autouse=True)
 def _restore_backend():
     """Whatever a test selects, the next one starts from the same backend."""
-    previous = mocrograd.get_backend()
+    previous = mocrograd.get_backend(), mocrograd.get_grain()
     yield
-    mocrograd.set_backend(*previous)
+    mocrograd.set_backend(*previous[0], grain=previous[1])
 
 
 @pytest.fixture(params=BACKENDS, ids=[f"{name}-w{w}" if name != "naive" else name for name, w in BACKENDS])
 def backend(request):
     """Run the test under one (variant, workers) pair of the grid."""
-    with mocrograd.backend(*request.param):
+    with mocrograd.backend(*request.param, grain=1):
         yield request.param
 
 

@@ -10,6 +10,7 @@ import pytest
 
 import mocrograd
 from mocrograd import Matrix
+from mocrograd._core import get_backend_state
 
 VALID = "choose one of naive, optimized, dynamic"
 
@@ -61,6 +62,50 @@ def test_workers_must_be_a_whole_number_from_1(workers, match):
     with pytest.raises(ValueError, match=match):
         mocrograd.set_backend("optimized", workers)
     assert mocrograd.get_backend() == before
+
+
+@pytest.mark.parametrize("grain,match", [
+    (0, "grain must be >= 1"), (-5, "grain must be >= 1"), (2.5, "whole number"), ("1", "whole number"),
+])
+def test_grain_must_be_a_whole_number_from_1(grain, match):
+    before = mocrograd.get_backend()
+    with pytest.raises(ValueError, match=match):
+        mocrograd.set_backend("optimized", 4, grain=grain)
+    assert mocrograd.get_backend() == before and mocrograd.get_grain() is None
+
+
+def test_the_context_manager_restores_the_grain_too():
+    mocrograd.set_backend("optimized", 3, grain=1000)
+    with mocrograd.backend("dynamic"):
+        assert mocrograd.get_grain() is None
+        assert get_backend_state() == ("dynamic", mocrograd.cpu_count(), mocrograd.DEFAULT_GRAIN)
+    assert mocrograd.get_grain() == 1000
+    assert get_backend_state() == ("optimized", 3, 1000.0)
+
+
+def test_optimized_gives_every_chunk_at_least_the_grain():
+    grain = mocrograd.DEFAULT_GRAIN
+    mocrograd.set_backend("optimized", workers=256)
+    assert mocrograd.chunks_for_work(64 * 64 * 32) == 1            # a layer of the Normal network
+    assert mocrograd.chunks_for_work(0) == 1
+    assert mocrograd.chunks_for_work(3.5 * grain) == 3
+    assert mocrograd.chunks_for_work(4096 * 8192 * 32) == 256      # a layer of the Bigger network
+    mocrograd.set_backend("optimized", workers=256, grain=1)
+    assert mocrograd.chunks_for_work(64 * 64 * 32) == 256           # grain 1: exactly `workers`
+    mocrograd.set_backend("optimized", workers=1, grain=1)
+    assert mocrograd.chunks_for_work(4096 * 8192 * 32) == 1
+    with pytest.raises(ValueError, match="work must be a number >= 0"):
+        mocrograd.chunks_for_work(float("nan"))
+
+
+def test_dynamic_uses_one_chunk_per_thread_at_most_and_one_for_small_work():
+    mocrograd.set_backend("dynamic", workers=64)
+    assert mocrograd.chunks_for_work(64 * 64 * 32) == 1
+    assert 1 <= mocrograd.chunks_for_work(4096 * 8192 * 32) <= mocrograd.cpu_count()
+    mocrograd.set_backend("dynamic", workers=1)
+    assert mocrograd.chunks_for_work(4096 * 8192 * 32) == 1
+    mocrograd.set_backend("naive")
+    assert mocrograd.chunks_for_work(4096 * 8192 * 32) == 1
 
 
 def test_the_selected_variant_is_the_one_that_runs():
@@ -162,6 +207,7 @@ def test_dynamic_sees_busy_cores_and_gives_way(tmp_path):
 import subprocess, sys, time
 import mocrograd
 from mocrograd import Matrix
+from mocrograd._core import get_backend_state
 from mocrograd._core import other_load
 hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(mocrograd.cpu_count())]
 try:

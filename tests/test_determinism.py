@@ -22,7 +22,8 @@ from mocrograd import Matrix, Tensor, nn
 from mocrograd.data import load_digits
 from mocrograd.train import fit
 
-CONFIGS = [(name, w) for name in ("optimized", "dynamic") for w in (1, 2, 3, 7)]
+# grain 1: every kernel, however small, is cut into that many chunks
+CONFIGS = [(name, w, 1) for name in ("optimized", "dynamic") for w in (1, 2, 3, 7)]
 
 
 def _kernels(dtype):
@@ -119,7 +120,7 @@ def test_training_normal_is_bit_identical_for_any_worker_count(optimizer, lr):
 def test_training_a_wide_model_is_bit_identical_for_any_worker_count():
     """Layers wide enough that dynamic cuts the products into several chunks."""
     runs = {}
-    for config in [("optimized", 1), ("optimized", 3), ("dynamic", 2), ("dynamic", 7)]:
+    for config in [("optimized", 1), ("optimized", 3), ("dynamic", 2), ("dynamic", 7)]:   # default grain
         with mg.backend(*config):
             runs[config] = _train(lambda: nn.MLP([64, 768, 768, 10]), 640, 1, batch_size=256)
     _assert_runs_identical(runs)

@@ -244,7 +244,7 @@ def test_binary_operators(data, backend, op, shapes, dtypes):
     a = data.draw(float_matrices((r1, c1), dtypes[0]))
     b = data.draw(float_matrices((r2, c2), dtypes[1]))
     broadcastable = all(x == y or 1 in (x, y) for x, y in ((r1, r2), (c1, c2)))
-    with mg.backend(*backend), np.errstate(all="ignore"):
+    with mg.backend(*backend, grain=1), np.errstate(all="ignore"):
         if dtypes[0] != dtypes[1]:
             with pytest.raises(TypeError, match="dtypes differ"):
                 OPS[op](Matrix(a), Matrix(b))
@@ -265,7 +265,7 @@ def test_operators_with_any_python_value(data, backend, op, reflected, dtype, sh
     a = data.draw(float_matrices(shape, dtype))
     m = Matrix(a)
     number = isinstance(other, numbers.Real)
-    with mg.backend(*backend), np.errstate(all="ignore"):
+    with mg.backend(*backend, grain=1), np.errstate(all="ignore"):
         call = (lambda: OPS[op](other, m)) if reflected else (lambda: OPS[op](m, other))
         try:
             result = call()
@@ -296,7 +296,7 @@ def test_operators_with_any_python_value(data, backend, op, reflected, dtype, sh
 def test_unary_maps(data, backend, dtype, shape, op, exponent):
     a = data.draw(float_matrices(shape, dtype))
     m = Matrix(a)
-    with mg.backend(*backend), np.errstate(all="ignore"):
+    with mg.backend(*backend, grain=1), np.errstate(all="ignore"):
         if op == "neg":
             same(-m, -a)
         elif op == "relu":
@@ -327,7 +327,7 @@ def test_reductions(data, backend, dtype, shape, axis, op, special):
     m = Matrix(a)
     valid_axis = axis in (None, 0, 1, -1, -2) and not isinstance(axis, bool)
     needs_axis = op in ("argmax", "log_softmax", "log_softmax_grad")
-    with mg.backend(*backend), np.errstate(all="ignore"):
+    with mg.backend(*backend, grain=1), np.errstate(all="ignore"):
         if op == "sum_squares":
             wide = a.astype(np.float64)
             close(m.sum_squares(), np.sum(wide * wide), rtol=a.size * eps(np.float64) * 4)
@@ -397,7 +397,7 @@ def test_matmul(data, backend, dtype, sizes, trans, use_out, special):
         kwargs.update(out=out, accumulate=use_out == "accumulate")
     elif use_out == "alias" and A.shape == (m, n):
         kwargs.update(out=A)
-    with mg.backend(*backend), np.errstate(all="ignore"):
+    with mg.backend(*backend, grain=1), np.errstate(all="ignore"):
         if k != kb:
             with pytest.raises(ValueError, match="do not align"):
                 A.matmul(B, **kwargs)
@@ -441,7 +441,7 @@ def test_linear(data, backend, dtype, sizes, relu, bias_shape):
     x = data.draw(float_matrices((i, n), dtype, special=False))
     shape = {"column": (o, 1), "row": (1, o), "wrong": (o + 1, 1)}[bias_shape]
     b = data.draw(float_matrices(shape, dtype, special=False))
-    with mg.backend(*backend):
+    with mg.backend(*backend, grain=1):
         if bias_shape != "column" and shape != (o, 1):
             with pytest.raises(ValueError, match="bias"):
                 Matrix(w).linear(Matrix(x), Matrix(b), relu)
@@ -474,7 +474,7 @@ def test_in_place_and_two_operand_methods(data, backend, dtype, shape, op, misma
     elif mismatch == "type":
         other = data.draw(st.sampled_from(WEIRD))
     numeric_alpha = isinstance(alpha, float)
-    with mg.backend(*backend), np.errstate(all="ignore"):
+    with mg.backend(*backend, grain=1), np.errstate(all="ignore"):
         calls = {
             "axpy_": lambda: target.axpy_(alpha, other),
             "scale_": lambda: target.scale_(alpha),
@@ -558,7 +558,7 @@ def test_tensor_ops_and_gradients(data, backend, dtype, op, shapes, grads):
         b = np.where(np.abs(b) < 0.5, 1.0, b).astype(dtype)
     x, y = Tensor(a, requires_grad=grads[0]), Tensor(b, requires_grad=grads[1])
     compatible = (c1 == r2) if op == "matmul" else all(p == q or 1 in (p, q) for p, q in ((r1, r2), (c1, c2)))
-    with mg.backend(*backend), np.errstate(all="ignore"):
+    with mg.backend(*backend, grain=1), np.errstate(all="ignore"):
         if not compatible:
             with pytest.raises(ValueError):
                 (x @ y) if op == "matmul" else OPS[op](x, y)

@@ -44,7 +44,7 @@ def _tol(dtype, k):
 
 
 def _matmul(a, b, ta, tb, workers, out=None, accumulate=False):
-    mocrograd.set_backend("optimized", workers=workers)
+    mocrograd.set_backend("optimized", workers=workers, grain=1)
     try:
         return np.asarray(Matrix(a).matmul(Matrix(b), trans_a=ta, trans_b=tb, out=out,
                                            accumulate=accumulate)).copy()

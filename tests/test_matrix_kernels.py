@@ -511,7 +511,7 @@ def test_results_are_bit_identical_for_any_worker_count(variant, kernel, dtype, 
     for workers in WORKER_COUNTS:
         if results:   # so a result's fresh buffer likely starts as NaN, not as the last result
             scribble_over_free_memory(results[1].nbytes)
-        with mocrograd.backend(variant, workers):
+        with mocrograd.backend(variant, workers, grain=1):
             results[workers] = np.array(KERNELS[kernel](inputs[dtype]))
     for workers in WORKER_COUNTS[1:]:
         np.testing.assert_array_equal(results[workers], results[1],

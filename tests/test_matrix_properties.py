@@ -34,7 +34,7 @@ def array(data, dtype, shape, elements=None):
 
 
 def use_backend(data, backends):
-    return mocrograd.backend(*data.draw(st.sampled_from(backends), label="backend"))
+    return mocrograd.backend(*data.draw(st.sampled_from(backends), label="backend"), grain=1)
 
 
 @settings(max_examples=150, deadline=None)

@@ -76,7 +76,7 @@ def result(task):
 @pytest.mark.parametrize("name,workers", [("naive", 1), ("optimized", 2), ("optimized", 7), ("dynamic", None)],
                          ids=["naive", "optimized-w2", "optimized-w7", "dynamic"])
 def test_concurrent_calls_give_the_serial_results(name, workers):
-    mocrograd.set_backend(name, workers)
+    mocrograd.set_backend(name, workers, grain=1)
     tasks = [make_task(i) for i in range(THREADS * OPS_PER_THREAD)]
     serial = [result(task) for task in tasks]
 

@@ -7,8 +7,8 @@ Modules:
     matrix     -- the Matrix type, argument checks and dispatch to the selected variant
     ladder     -- the matmul optimization ladder of docs/optimizations.md, one kernel per step
 """
-from .matrix import Matrix, argmax, get_backend_state, large_allocations, set_backend_state
-from .parallel import cpu_count, machine_contended, openmp_enabled, other_load
+from .matrix import Matrix, argmax, chunks_for_work, get_backend_state, large_allocations, set_backend_state
+from .parallel import DEFAULT_GRAIN, cpu_count, machine_contended, openmp_enabled, other_load
 
-__all__ = ["Matrix", "argmax", "cpu_count", "get_backend_state", "large_allocations", "machine_contended",
-           "openmp_enabled", "other_load", "set_backend_state"]
+__all__ = ["DEFAULT_GRAIN", "Matrix", "argmax", "chunks_for_work", "cpu_count", "get_backend_state",
+           "large_allocations", "machine_contended", "openmp_enabled", "other_load", "set_backend_state"]

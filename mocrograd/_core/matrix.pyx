@@ -17,7 +17,8 @@ import numpy as np
 
 from . cimport naive, optimized
 from .ops cimport *
-from .parallel cimport available_threads, dynamic_workers
+from .parallel cimport available_threads, chunks_for, dynamic_workers
+from .parallel import DEFAULT_GRAIN
 
 # ---------------------------------------------------------------- variants
 
@@ -30,28 +31,41 @@ VARIANTS = ("naive", "optimized", "dynamic")
 
 cdef int _variant = DYNAMIC
 cdef int _fixed_workers = 1
+cdef double _grain = DEFAULT_GRAIN
 
 
-def set_backend_state(str name, int workers):
-    """Select the kernel variant and (for ``optimized``) the worker count.
+def set_backend_state(str name, int workers, double grain):
+    """Select the kernel variant, the worker count and the grain (least work per chunk).
 
     Validation and the user-facing API live in ``mocrograd.backend``."""
-    global _variant, _fixed_workers
+    global _variant, _fixed_workers, _grain
     _variant = VARIANTS.index(name)
     _fixed_workers = workers
+    _grain = grain
 
 
 def get_backend_state():
-    """(variant name, workers) as last set."""
-    return VARIANTS[_variant], _fixed_workers
+    """(variant name, workers, grain) as last set."""
+    return VARIANTS[_variant], _fixed_workers, _grain
+
+
+def chunks_for_work(double work):
+    """The chunks the current backend cuts a kernel of ``work`` operations into (a
+    matmul's work is m * n * k). For learning and tests: dynamic's answer depends on
+    the machine's load at the time of the call."""
+    if not work >= 0:
+        raise ValueError(f"work must be a number >= 0, got {work}")
+    return _workers_for(work)
 
 
 cdef inline int _workers_for(double work) noexcept nogil:
-    """Chunks to cut a kernel of ``work`` multiply-adds into, under the current variant."""
+    """Chunks to cut a kernel of ``work`` multiply-adds into, under the current variant:
+    ``optimized`` makes ``workers`` chunks and ``dynamic`` one per free thread (at most
+    ``workers``), both only as many as give each chunk ``grain`` work."""
     if _variant == OPTIMIZED:
-        return _fixed_workers
+        return chunks_for(work, _grain, _fixed_workers)
     if _variant == DYNAMIC:
-        return min(dynamic_workers(work), _fixed_workers)
+        return min(dynamic_workers(work, _grain), _fixed_workers)
     return 1
 
 

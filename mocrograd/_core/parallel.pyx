@@ -4,8 +4,9 @@ A *worker* is one independent share of a kernel's output (a block of rows, a
 block of columns, a tile). ``workers`` chunks are run by at most
 ``available_threads()`` OpenMP threads, as the original library's
 ``parallelize(num_work_items)`` ran its work items on a pool of one thread per
-core: asking for 256 workers on 2 cores makes 256 small chunks, not 256 threads
-fighting for 2 cores.
+core: asking for 256 workers on 2 cores makes up to 256 chunks, not 256 threads
+fighting for 2 cores. No chunk gets less than the grain (below), so small
+kernels run as one chunk on the calling thread.
 """
 import os
 
@@ -55,12 +56,15 @@ cdef extern from *:
     double mocro_machine_busy_seconds() noexcept nogil
     double mocro_process_cpu_seconds() noexcept nogil
 
-# Work (in multiply-adds or element operations) each worker must get before a
-# second thread pays: starting and joining an OpenMP team costs a few
-# microseconds on an idle machine, and much more when another process holds a
-# core (a thread that waits at the barrier for a descheduled partner can wait a
-# whole time slice). 2**19 operations keep one core busy for over 10 us.
-cdef double WORK_PER_WORKER = 524288.0
+# The grain: the least work (in multiply-adds or weighted element operations,
+# see matrix.pyx) a chunk is given unless the user sets another. Starting and
+# joining an OpenMP team costs a few microseconds on an idle machine, and much
+# more when another process holds a core (a thread that waits at the barrier for
+# a descheduled partner can wait a whole time slice); 2**19 operations keep one
+# core busy for over 10 us. So a kernel smaller than this runs as one chunk on
+# the calling thread, whatever the worker count (TBB's grain size, OpenMP's
+# ``if`` clause): 256 workers on a 64x32 product cost nothing over 1.
+DEFAULT_GRAIN = 524288.0
 
 # Load probe (see dynamic_workers): every PROBE_INTERVAL seconds, how many cores
 # did *other* processes keep busy since the last probe? The kernel's account of
@@ -91,10 +95,18 @@ cdef int threads_for(int workers) noexcept nogil:
     return workers if workers < _threads else _threads
 
 
-cdef int dynamic_workers(double work) noexcept nogil:
-    """Workers for a kernel of ``work`` operations: 1 for tiny work, up to one per thread,
-    and fewer while other processes keep cores busy."""
-    cdef double n = work / WORK_PER_WORKER
+cdef int chunks_for(double work, double grain, int workers) noexcept nogil:
+    """``workers`` chunks, or fewer so that each gets at least ``grain`` work (at least 1)."""
+    cdef double most = work / grain
+    if most >= workers:
+        return workers
+    return <int>most if most >= 1.0 else 1
+
+
+cdef int dynamic_workers(double work, double grain) noexcept nogil:
+    """Workers for a kernel of ``work`` operations: 1 for tiny work, up to one per thread
+    with at least ``grain`` work each, and fewer while other processes keep cores busy."""
+    cdef double n = work / grain
     if n <= 1.0:
         return 1
     if omp_get_wtime() >= _next_probe:
