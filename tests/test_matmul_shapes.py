@@ -90,6 +90,7 @@ NETWORK = [
     ((256, 1024), (1024, 32), False, False),
     ((256, 1024), (256, 32), True, False),
     ((256, 32), (1024, 32), False, True),
+    ((2048, 64), (2048, 32), True, False),   # a first layer's W^T G: 64 x 32 from k = 2048 (split-k)
     ((300, 300), (300, 300), False, False),
 ]
 
@@ -104,6 +105,19 @@ def test_network_shapes(sa, sb, ta, tb, dtype):
     k = sa[0] if ta else sa[1]
     results = [_matmul(a, b, ta, tb, w) for w in WORKERS + (256,)]
     tol = _tol(dtype, k)
+    np.testing.assert_allclose(results[0], ref, rtol=tol, atol=tol * np.abs(ref).max())
+    for r in results[1:]:
+        assert np.array_equal(r, results[0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_split_k_too_deep_for_its_workspace_takes_the_plain_loop(dtype):
+    """A 12 x 32 output from k = 140,000: split-k would need more than its 16 MB
+    workspace in float64 (not in float32); either way the result is the plain loop's."""
+    a, b = _operands(12, 140_000, 32, True, False, dtype, seed=5)
+    ref = _reference(a, b, True, False)
+    results = [_matmul(a, b, True, False, w) for w in (1, 2, 7)]
+    tol = _tol(dtype, 140_000)
     np.testing.assert_allclose(results[0], ref, rtol=tol, atol=tol * np.abs(ref).max())
     for r in results[1:]:
         assert np.array_equal(r, results[0])

@@ -111,6 +111,7 @@ cdef enum:
     NC_BYTES = 524288    # a group of strips: KC x NC of packed B, 512 KB, half the 1 MB L2
     KC_MAX = 1024        # the most k-block elements any of the above gives (A panel buffer)
     LANES = 16           # independent partial sums in a vectorized reduction
+    SPLIT_K_BYTES = 16777216  # the most workspace (partial sums and packed B) split-k may take
 
 
 cdef inline Py_ssize_t _nr(const floating* x) noexcept nogil:
@@ -245,6 +246,47 @@ cdef inline void _block(bint narrow, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t s0
         i0 += MR
 
 
+cdef int _matmul_split_k(bint narrow, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t kc_max,
+                         Py_ssize_t n_strips, const floating* a, Py_ssize_t sai, Py_ssize_t sap,
+                         const floating* b, Py_ssize_t sbp, Py_ssize_t sbj, floating* c, bint accumulate,
+                         int workers) noexcept nogil:
+    """matmul for a small output and a deep k (W^T G of a first layer: 64 x 32 from k = 8192):
+    the k-blocks, not the few output tiles, are shared among the threads. Block b's sums
+    go to its own m x n buffer, exactly as the plain loop's register tiles would hold
+    them; the buffers are then added to c in block order, the order the plain loop adds
+    them in, so the result is bit-identical to it. Returns -1 (nothing done) when the
+    workspace would pass SPLIT_K_BYTES or cannot be allocated."""
+    cdef Py_ssize_t NR = _nr(a) // 2 if narrow else _nr(a)
+    cdef Py_ssize_t n_blocks = (k + kc_max - 1) // kc_max, packed = n_strips * kc_max * NR
+    cdef Py_ssize_t blk, pc, kc, s, i, j, lo, hi, size = m * n
+    cdef int chunk, n_threads = threads_for(workers)
+    cdef floating* partial
+    cdef floating* bp
+    cdef floating total
+    if n_blocks * (size + packed) * sizeof(floating) > SPLIT_K_BYTES:
+        return -1
+    partial = <floating*>malloc(n_blocks * (size + packed) * sizeof(floating))
+    if partial == NULL:
+        return -1
+    for blk in prange(n_blocks, nogil=True, num_threads=n_threads, schedule='static'):
+        pc = blk * kc_max
+        kc = min(kc_max, k - pc)
+        bp = partial + n_blocks * size + blk * packed
+        for s in range(n_strips):
+            _pack_b(b + pc * sbp + s * NR * sbj, sbp, sbj, kc, min(NR, n - s * NR), NR, bp + s * kc * NR)
+        _block(narrow, 0, m, 0, n_strips, m, n, kc, a + pc * sap, sai, sap, bp, partial + blk * size, True)
+    for chunk in prange(workers, nogil=True, num_threads=n_threads, schedule='static'):
+        lo = (size * chunk) // workers
+        hi = (size * (chunk + 1)) // workers
+        for i in range(lo, hi):
+            total = c[i] + partial[i] if accumulate else partial[i]
+            for blk in range(1, n_blocks):
+                total = total + partial[blk * size + i]
+            c[i] = total
+    free(partial)
+    return 0
+
+
 cdef int matmul(const floating[:, ::1] a, bint trans_a, const floating[:, ::1] b, bint trans_b,
                 floating[:, ::1] out, bint accumulate, int workers) noexcept nogil:
     cdef Py_ssize_t m = out.shape[0], n = out.shape[1]
@@ -273,6 +315,11 @@ cdef int matmul(const floating[:, ::1] a, bint trans_a, const floating[:, ::1] b
     # Cut the dimension with more tiles into the `workers` chunks, in whole tiles,
     # so every thread gets an equal share whatever the shape.
     split_rows = m_tiles >= n_strips
+    # A few output tiles and several k-blocks: share the k-blocks instead (split-k).
+    if n_threads > 1 and k > kc_max and m_tiles * n_strips < 4 * n_threads:
+        if _matmul_split_k(narrow, m, n, k, kc_max, n_strips, &a[0, 0], sai, sap, &b[0, 0], sbp, sbj,
+                           &out[0, 0], accumulate, workers) == 0:
+            return 0
     bp = <floating*>malloc(n_strips * min(k, kc_max) * NR * sizeof(floating))
     if bp == NULL:
         return -1
