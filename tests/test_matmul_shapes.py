@@ -13,12 +13,15 @@ WORKERS = (1, 2, 3, 7, 64)
 
 # (m, k, n): tiny, vectors, primes, one off the tile sizes (MR is 12 or 6, NR 32/16
 # or 16/8), deeper than one k-block (256 floats / 128 doubles, 1024 when n <= NR),
-# and small versions of the network's shapes (n = 32 batch columns).
+# small versions of the network's shapes (n = 32 batch columns), and the thin
+# kernels' cases (n <= 4, and n <= 16 for op(A) = A^T).
 SHAPES = [
     (1, 1, 1), (1, 7, 1), (1, 1, 9), (9, 1, 1), (1, 300, 1),
     (5, 3, 2), (13, 17, 31), (31, 37, 41), (12, 256, 32), (11, 255, 33),
     (25, 300, 70), (3, 1031, 2), (97, 513, 67), (64, 1100, 32), (130, 40, 8),
     (200, 32, 300), (2, 5000, 3),
+    # the thin kernels: 1, 2-4, 5-8 and 9-16 columns, rows past their row groups and blocks
+    (4500, 20, 1), (37, 9, 4), (600, 50, 13), (301, 70, 6), (11, 17, 16),
 ]
 
 

@@ -92,6 +92,75 @@ cdef extern from *:
     #endif
     MOCRO_NARROW_TILE(mocro_narrow_tile_f32, float, MOCRO_HALF_NR_F32)
     MOCRO_NARROW_TILE(mocro_narrow_tile_f64, double, MOCRO_HALF_NR_F64)
+
+    /* The thin kernels, for products at most 4 columns wide (one example, a batch
+       of 2: matrix-vector work). A register tile would leave most of its lanes
+       idle there; these run along the contiguous side of A instead, for J output
+       columns at once (J = 1 for a vector, else 4; bt and b zero-padded to J), so
+       each element of A is loaded once, and memory is the only limit.
+
+       thin_dot: sums[r * J + j] = a[r * lda : r * lda + k] . bt[j * k : j * k + k]
+       for R rows r of A (op(A) = A, rows contiguous) and J columns j: W lanes of
+       partial sums each, added lane by lane, then the k % W tail. */
+    #define MOCRO_THIN_DOT(NAME, T, W, R, J)                                           \
+    typedef T NAME##_vec __attribute__((vector_size(MOCRO_VEC_BYTES)));                \
+    MOCRO_CONTRACT static void NAME(Py_ssize_t k, const T* a, Py_ssize_t lda,          \
+                                    const T* bt, T* sums) {                            \
+        NAME##_vec acc[R][J], x[R], y;                                                 \
+        Py_ssize_t p = 0, q;                                                           \
+        int r, j, l;                                                                   \
+        for (r = 0; r < R; r++) for (j = 0; j < J; j++) acc[r][j] = (NAME##_vec){0};   \
+        for (; p + W <= k; p += W) {                                                   \
+            for (r = 0; r < R; r++) memcpy(&x[r], a + r * lda + p, sizeof y);          \
+            for (j = 0; j < J; j++) {                                                  \
+                memcpy(&y, bt + j * k + p, sizeof y);                                  \
+                for (r = 0; r < R; r++) acc[r][j] += x[r] * y;                         \
+            }                                                                          \
+        }                                                                              \
+        for (r = 0; r < R; r++) for (j = 0; j < J; j++) {                              \
+            T total = 0;                                                               \
+            for (l = 0; l < W; l++) total += acc[r][j][l];                             \
+            for (q = p; q < k; q++) total += a[r * lda + q] * bt[j * k + q];           \
+            sums[r * J + j] = total;                                                   \
+        }                                                                              \
+    }
+
+    /* thin_axpy: t[j * w + i] += sum over p < rows of a[p * lda + i] * b[p * J + j],
+       p in order, for i < w and J columns j (op(A) = A^T: a row of A is a contiguous
+       run of op(A)'s column). Up to 8 rows of A at a time, so the running sums t
+       are loaded and stored once per 8 rows. */
+    #define MOCRO_THIN_AXPY(NAME, T, W, J)                                             \
+    typedef T NAME##_vec __attribute__((vector_size(MOCRO_VEC_BYTES)));                \
+    MOCRO_CONTRACT static void NAME(Py_ssize_t w, Py_ssize_t rows, const T* a,         \
+                                    Py_ssize_t lda, const T* b, T* t) {                \
+        NAME##_vec acc[J], x;                                                          \
+        Py_ssize_t i = 0, p;                                                           \
+        int j;                                                                         \
+        for (; i + W <= w; i += W) {                                                   \
+            for (j = 0; j < J; j++) memcpy(&acc[j], t + j * w + i, sizeof x);          \
+            for (p = 0; p < rows; p++) {                                               \
+                memcpy(&x, a + p * lda + i, sizeof x);                                 \
+                for (j = 0; j < J; j++) acc[j] += x * b[p * J + j];                    \
+            }                                                                          \
+            for (j = 0; j < J; j++) memcpy(t + j * w + i, &acc[j], sizeof x);          \
+        }                                                                              \
+        for (; i < w; i++)                                                             \
+            for (p = 0; p < rows; p++)                                                 \
+                for (j = 0; j < J; j++) t[j * w + i] += a[p * lda + i] * b[p * J + j]; \
+    }
+    /* (rows, columns) per call: (4, 4) for 2-4 columns, (8, 1) for a vector */
+    MOCRO_THIN_DOT(mocro_thin_dot4_f32, float, MOCRO_HALF_NR_F32, 4, 4)
+    MOCRO_THIN_DOT(mocro_thin_dot4_f64, double, MOCRO_HALF_NR_F64, 4, 4)
+    MOCRO_THIN_DOT(mocro_thin_dot1_f32, float, MOCRO_HALF_NR_F32, 8, 1)
+    MOCRO_THIN_DOT(mocro_thin_dot1_f64, double, MOCRO_HALF_NR_F64, 8, 1)
+    MOCRO_THIN_AXPY(mocro_thin_axpy4_f32, float, MOCRO_HALF_NR_F32, 4)
+    MOCRO_THIN_AXPY(mocro_thin_axpy4_f64, double, MOCRO_HALF_NR_F64, 4)
+    MOCRO_THIN_AXPY(mocro_thin_axpy1_f32, float, MOCRO_HALF_NR_F32, 1)
+    MOCRO_THIN_AXPY(mocro_thin_axpy1_f64, double, MOCRO_HALF_NR_F64, 1)
+    MOCRO_THIN_AXPY(mocro_thin_axpy8_f32, float, MOCRO_HALF_NR_F32, 8)
+    MOCRO_THIN_AXPY(mocro_thin_axpy8_f64, double, MOCRO_HALF_NR_F64, 8)
+    MOCRO_THIN_AXPY(mocro_thin_axpy16_f32, float, MOCRO_HALF_NR_F32, 16)
+    MOCRO_THIN_AXPY(mocro_thin_axpy16_f64, double, MOCRO_HALF_NR_F64, 16)
     """
     enum:
         MR "MOCRO_MR"
@@ -104,6 +173,31 @@ cdef extern from *:
                                const float* bp, float* out) noexcept nogil
     void mocro_narrow_tile_f64(Py_ssize_t kc, const double* a, Py_ssize_t sai, Py_ssize_t sap,
                                const double* bp, double* out) noexcept nogil
+    void mocro_thin_dot4_f32(Py_ssize_t k, const float* a, Py_ssize_t lda, const float* bt,
+                             float* sums) noexcept nogil
+    void mocro_thin_axpy4_f32(Py_ssize_t w, Py_ssize_t rows, const float* a, Py_ssize_t lda,
+                              const float* b, float* t) noexcept nogil
+    void mocro_thin_dot4_f64(Py_ssize_t k, const double* a, Py_ssize_t lda, const double* bt,
+                             double* sums) noexcept nogil
+    void mocro_thin_axpy4_f64(Py_ssize_t w, Py_ssize_t rows, const double* a, Py_ssize_t lda,
+                              const double* b, double* t) noexcept nogil
+    void mocro_thin_dot1_f32(Py_ssize_t k, const float* a, Py_ssize_t lda, const float* bt,
+                             float* sums) noexcept nogil
+    void mocro_thin_axpy1_f32(Py_ssize_t w, Py_ssize_t rows, const float* a, Py_ssize_t lda,
+                              const float* b, float* t) noexcept nogil
+    void mocro_thin_dot1_f64(Py_ssize_t k, const double* a, Py_ssize_t lda, const double* bt,
+                             double* sums) noexcept nogil
+    void mocro_thin_axpy1_f64(Py_ssize_t w, Py_ssize_t rows, const double* a, Py_ssize_t lda,
+                              const double* b, double* t) noexcept nogil
+    void mocro_thin_axpy8_f32(Py_ssize_t w, Py_ssize_t rows, const float* a, Py_ssize_t lda,
+                              const float* b, float* t) noexcept nogil
+    void mocro_thin_axpy8_f64(Py_ssize_t w, Py_ssize_t rows, const double* a, Py_ssize_t lda,
+                              const double* b, double* t) noexcept nogil
+    void mocro_thin_axpy16_f32(Py_ssize_t w, Py_ssize_t rows, const float* a, Py_ssize_t lda,
+                              const float* b, float* t) noexcept nogil
+    void mocro_thin_axpy16_f64(Py_ssize_t w, Py_ssize_t rows, const double* a, Py_ssize_t lda,
+                              const double* b, double* t) noexcept nogil
+
 
 cdef enum:
     KC_BYTES = 1024      # k-block: 256 floats / 128 doubles, so a KC x NR strip of B is 32 KB (L1)
@@ -112,6 +206,9 @@ cdef enum:
     KC_MAX = 1024        # the most k-block elements any of the above gives (A panel buffer)
     LANES = 16           # independent partial sums in a vectorized reduction
     SPLIT_K_BYTES = 16777216  # the most workspace (partial sums and packed B) split-k may take
+    THIN = 4             # products this narrow take the thin kernels
+    THIN_T = 16          # ... and W^T G products this narrow (a batch of 16: their register tile is slow)
+    THIN_SUMS = 4096     # running sums the transposed thin kernel keeps per chunk (16 KB of floats: L1)
 
 
 cdef inline Py_ssize_t _nr(const floating* x) noexcept nogil:
@@ -287,6 +384,102 @@ cdef int _matmul_split_k(bint narrow, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, 
     return 0
 
 
+cdef inline void _thin_dot(bint vector, Py_ssize_t k, const floating* a, Py_ssize_t lda,
+                           const floating* bt, floating* sums) noexcept nogil:
+    """One thin_dot call: 8 rows x 1 column (vector) or 4 rows x 4 columns."""
+    if floating is float:
+        if vector:
+            mocro_thin_dot1_f32(k, a, lda, bt, sums)
+        else:
+            mocro_thin_dot4_f32(k, a, lda, bt, sums)
+    else:
+        if vector:
+            mocro_thin_dot1_f64(k, a, lda, bt, sums)
+        else:
+            mocro_thin_dot4_f64(k, a, lda, bt, sums)
+
+
+cdef inline void _thin_axpy(Py_ssize_t J, Py_ssize_t w, Py_ssize_t rows, const floating* a, Py_ssize_t lda,
+                            const floating* b, floating* t) noexcept nogil:
+    """One thin_axpy call for J = 1, 4, 8 or 16 columns."""
+    if floating is float:
+        if J == 1:
+            mocro_thin_axpy1_f32(w, rows, a, lda, b, t)
+        elif J == 4:
+            mocro_thin_axpy4_f32(w, rows, a, lda, b, t)
+        elif J == 8:
+            mocro_thin_axpy8_f32(w, rows, a, lda, b, t)
+        else:
+            mocro_thin_axpy16_f32(w, rows, a, lda, b, t)
+    else:
+        if J == 1:
+            mocro_thin_axpy1_f64(w, rows, a, lda, b, t)
+        elif J == 4:
+            mocro_thin_axpy4_f64(w, rows, a, lda, b, t)
+        elif J == 8:
+            mocro_thin_axpy8_f64(w, rows, a, lda, b, t)
+        else:
+            mocro_thin_axpy16_f64(w, rows, a, lda, b, t)
+
+
+cdef int _matmul_thin(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a, bint trans_a,
+                      const floating* b, Py_ssize_t sbp, Py_ssize_t sbj, floating* c, bint accumulate,
+                      int workers) noexcept nogil:
+    """matmul for n <= THIN columns (matrix-vector work), rows of the output cut into
+    ``workers`` chunks. op(B) is copied into a zero-padded buffer of J columns (J = 1
+    for a vector, else 4; k x J, or transposed to J x k for the dot products); each
+    output element is one sum in an order fixed by the shape. Returns -1 (out
+    untouched) when the buffers cannot be allocated."""
+    cdef bint vector = n == 1
+    cdef Py_ssize_t J = 1 if vector else 4 if n <= 4 else 8 if n <= 8 else 16, R = 8 if vector else 4
+    # per chunk: R x J dot products, or J running sums for each of up to THIN_SUMS / J rows
+    cdef Py_ssize_t rows = min(THIN_SUMS // J, (m + workers - 1) // workers) if trans_a else R
+    cdef floating* bt = <floating*>malloc((J * k + workers * J * rows) * sizeof(floating))
+    cdef floating* t
+    cdef Py_ssize_t i, j, p, r, lo, hi, i0, w, group
+    cdef int chunk, n_threads = threads_for(workers)
+    if bt == NULL:
+        return -1
+    for p in range(k):
+        for j in range(J):
+            if trans_a:   # bt[p * J + j] = op(B)[p, j]: row p scales A's row p
+                bt[p * J + j] = b[p * sbp + j * sbj] if j < n else 0
+            else:         # bt[j * k + p] = op(B)[p, j]: column j is dotted with A's rows
+                bt[j * k + p] = b[p * sbp + j * sbj] if j < n else 0
+    for chunk in prange(workers, nogil=True, num_threads=n_threads, schedule='static'):
+        lo = (m * chunk) // workers
+        hi = (m * (chunk + 1)) // workers
+        t = bt + J * k + chunk * J * rows
+        if not trans_a:   # output rows i..i+R-1: A's rows (contiguous) dotted with each column
+            i = lo
+            while i < hi:
+                # R rows at once; the last few rows one by one (row distance 0: R copies of it)
+                group = R if hi - i >= R else 1
+                _thin_dot(vector, k, a + i * k, k if group == R else 0, bt, t)
+                for r in range(group):
+                    for j in range(n):
+                        c[(i + r) * n + j] = c[(i + r) * n + j] + t[r * J + j] if accumulate else t[r * J + j]
+                i = i + group
+        else:             # output rows i0..i0+w-1 (columns of A): A's rows, 8 at a time, in order
+            i0 = lo
+            while i0 < hi:
+                w = min(rows, hi - i0)
+                for i in range(J * w):
+                    t[i] = 0
+                p = 0
+                while p < k:
+                    r = min(8, k - p)
+                    _thin_axpy(J, w, r, a + p * m + i0, m, bt + p * J, t)
+                    p = p + r
+                for i in range(w):
+                    for j in range(n):
+                        c[(i0 + i) * n + j] = c[(i0 + i) * n + j] + t[j * w + i] if accumulate \
+                            else t[j * w + i]
+                i0 = i0 + w
+    free(bt)
+    return 0
+
+
 cdef int matmul(const floating[:, ::1] a, bint trans_a, const floating[:, ::1] b, bint trans_b,
                 floating[:, ::1] out, bint accumulate, int workers) noexcept nogil:
     cdef Py_ssize_t m = out.shape[0], n = out.shape[1]
@@ -307,6 +500,8 @@ cdef int matmul(const floating[:, ::1] a, bint trans_a, const floating[:, ::1] b
         if not accumulate:
             fill(0.0, out, workers)
         return 0
+    if n <= THIN or (trans_a and n <= THIN_T):
+        return _matmul_thin(m, n, k, &a[0, 0], trans_a, &b[0, 0], sbp, sbj, &out[0, 0], accumulate, workers)
     n_strips = (n + NR - 1) // NR
     m_tiles = (m + MR - 1) // MR
     # Blocking depends on the shape only (never on workers): see the enum above.
