@@ -8,10 +8,11 @@ Both peers train exactly what mocrograd trains (see ``mocrograd.train.fit``):
   batch, the last partial batch kept;
 * the same objective: mean negative log-likelihood of log_softmax plus
   ``l2 * sum(W**2)`` over the weight matrices (not the biases);
-* plain SGD, ``p -= lr * grad``. PyTorch computes the penalty as a term of its graph,
-  as mocrograd does (``SGD(weight_decay=2 * l2)`` on the weights alone would give the
-  same updates more cheaply); the hand-written NumPy backward adds only its gradient
-  ``2 * l2 * W`` and skips its value, which is never reported;
+* plain SGD, ``p -= lr * grad``. Nobody computes the penalty's value, which is never
+  reported; each adds only its gradient ``2 * l2 * W``, in its cheapest form: mocrograd
+  starts each weight's gradient at it (``nn.init_gradients``), PyTorch uses
+  ``SGD(weight_decay=2 * l2)`` on the weights alone (a parameter group; the biases get
+  none), which adds it inside the update, and the hand-written NumPy backward adds it;
 * a training pass and a validation pass (no gradients) every epoch, reporting the
   same metrics (NLL without the penalty, accuracy).
 
@@ -130,15 +131,17 @@ def build_torch(state):
 
 
 def fit_torch(model, train, val, epochs=10, batch_size=32, lr=0.01, l2=1e-4):
-    """Train a ``build_torch`` model: F.nll_loss + l2 * sum(W**2), torch.optim.SGD.
+    """Train a ``build_torch`` model: F.nll_loss, torch.optim.SGD with weight decay 2 * l2 on the
+    weights (the gradient of l2 * sum(W**2)).
 
     The thread count is whatever the caller set with ``torch.set_num_threads``.
     """
     import torch
     import torch.nn.functional as F
 
-    weights = [m.weight for m in model if isinstance(m, torch.nn.Linear)]
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    linears = [m for m in model if isinstance(m, torch.nn.Linear)]
+    optimizer = torch.optim.SGD([{"params": [m.weight for m in linears], "weight_decay": 2 * l2},
+                                 {"params": [m.bias for m in linears], "weight_decay": 0.0}], lr=lr)
 
     def batches(split):
         return [(torch.from_numpy(np.ascontiguousarray(split.x[s:s + batch_size], dtype=np.float32)),
@@ -154,9 +157,8 @@ def fit_torch(model, train, val, epochs=10, batch_size=32, lr=0.01, l2=1e-4):
         for x, y in train_batches:
             out = model(x)
             loss = F.nll_loss(out, y)
-            objective = loss + l2 * sum((w * w).sum() for w in weights) if l2 else loss
             optimizer.zero_grad()
-            objective.backward()
+            loss.backward()
             optimizer.step()
             loss_sum += loss.item() * len(y)
             correct += (out.argmax(dim=1) == y).sum().item()

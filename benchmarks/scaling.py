@@ -12,8 +12,9 @@ after ``--warmup`` untimed steps:
 * ``step``: wall time per step (all ranks start together after a barrier; the time of
   the slowest rank, i.e. the job's);
 * ``forward_backward``: forward and backward on this rank's share (the slowest rank's);
-* ``update``: what every rank repeats in full whatever N is: zeroing the gradient
-  buffer, scaling it by the rank's share and the SGD update of every parameter;
+* ``update``: what every rank repeats in full whatever N is: starting the gradients
+  (zeros, and the L2 term's gradient for the weights), scaling them by the rank's
+  share and the SGD update of every parameter;
 * ``allreduce``: the Allreduce inside the steps (this includes waiting for the slower rank);
 * ``allreduce_alone``: the same Allreduce repeated after a barrier, with nothing else
   running: the cost of moving the gradient alone (bytes / this, the effective bandwidth).
@@ -76,9 +77,9 @@ def worker(args):
             """(forward + backward, update, allreduce) seconds of one step."""
             x, y, dist.weight = batches[i % len(batches)]
             t0 = time.perf_counter()
-            opt.zero_grad()
+            nn.init_gradients(opt.params, weights, 1e-4)   # as fit: zeros, and the L2 term's gradient
             t1 = time.perf_counter()
-            loss = nn.nll_loss(model(Tensor(x)), y) + nn.l2_penalty(weights, 1e-4)
+            loss = nn.nll_loss(model(Tensor(x)), y)
             loss.backward()
             t2 = time.perf_counter()
             reduce_before = dist.allreduce_seconds
@@ -174,7 +175,7 @@ def predict(forward_backward, update, nbytes, batch, machines, bits_per_s, laten
 
     forward_backward: one machine's time for a global batch of ``measured_batch`` (scaled
     linearly to ``batch``), split among the machines (the largest share decides);
-    update: zeroing, scaling and the optimizer update, which every machine repeats in full;
+    update: starting the gradients, scaling and the optimizer update, which every machine repeats in full;
     ring allreduce: 2 (N - 1) / N x bytes at the link's bandwidth plus 2 (N - 1) latencies."""
     share = -(-batch // machines)
     compute = forward_backward * share / measured_batch + update

@@ -100,8 +100,9 @@ def fit(model, train, val, epochs=10, batch_size=32, lr=0.01, optimizer="sgd", l
         should_stop=None, check_finite=True, dist=None):
     """Train ``model`` for ``epochs`` epochs; return one dict of metrics per epoch.
 
-    The objective is the mean negative log-likelihood plus ``l2_penalty`` (alpha = l2);
-    the reported losses are the negative log-likelihood alone, so training and
+    The objective is the mean negative log-likelihood plus ``l2_penalty`` (alpha = l2),
+    whose gradient 2 * alpha * W is where each weight's gradient starts before the
+    backward pass (``nn.init_gradients``: one pass over the weights); the reported losses are the negative log-likelihood alone, so training and
     validation losses compare directly. ``on_epoch(metrics)`` is called after each epoch.
 
     Reliability (see docs/reliability.md):
@@ -171,12 +172,12 @@ def fit(model, train, val, epochs=10, batch_size=32, lr=0.01, optimizer="sgd", l
             for batch, (x, y) in enumerate(bar if bar is not None else batches, start=first):
                 out = model(Tensor(x))
                 loss = nn.nll_loss(out, y)
-                penalty = nn.l2_penalty(weights, l2)
-                objective = loss if penalty is None else loss + penalty
-                opt.zero_grad(set_to_none=False)   # keep the gradient buffers: no new large allocations
-                objective.backward()
+                # the gradients start as the L2 term's (zero for the biases), keeping their
+                # buffers: backward adds the loss's, giving the gradient of loss + l2_penalty
+                nn.init_gradients(parameters, weights, l2)
+                loss.backward()
                 if check_finite:
-                    value = objective.item()
+                    value = loss.item()
                     bad = (f"the loss is {value}" if not math.isfinite(value) else
                            _first_non_finite(parameters, names, "gradient"))
                     if bad:

@@ -390,6 +390,8 @@ def test_scale_fill_zero_copy_are_exact(backend, dtype, shape, rng):
     np.testing.assert_array_equal(m.numpy(), np.zeros(shape, dtype=dtype))
     assert m.copy_(Matrix(x)) is m
     np.testing.assert_array_equal(m.numpy(), x)
+    assert m.copy_(Matrix(y), scale=0.3) is m     # one multiplication, rounded once
+    np.testing.assert_array_equal(m.numpy(), y * dtype(0.3))
 
 
 def adam_oracle(p, g, m, v, lr, b1, b2, eps_, c1, c2, wd):

@@ -269,6 +269,33 @@ def test_l2_penalty_of_a_list_penalizes_every_tensor_given():
     assert nn.l2_penalty([layer.bias], alpha=0.5).item() == pytest.approx(0.5 * 18.0)
 
 
+@pytest.mark.parametrize("alpha", [0.0, 0.1])
+def test_init_gradients_then_backward_is_zero_grad_then_backward_of_loss_plus_penalty(alpha):
+    mg.manual_seed(0)
+    x, y = Tensor(Matrix.rand(4, 6, seed=1)), np.array([0, 1, 2, 0, 1, 2])
+    model = nn.MLP([4, 5, 3])
+    weights = nn.penalized_weights(model)
+    nn.nll_loss(model(x), y).backward()          # stale gradients that must not survive
+    model.zero_grad(set_to_none=False)
+    penalty = nn.l2_penalty(weights, alpha)
+    (nn.nll_loss(model(x), y) + (penalty if penalty is not None else 0.0)).backward()
+    expected = {name: p.grad.numpy().copy() for name, p in model.named_parameters()}
+    buffers = [p.grad.data for p in model.parameters()]
+    nn.init_gradients(model.parameters(), weights, alpha)
+    nn.nll_loss(model(x), y).backward()
+    for name, p in model.named_parameters():
+        np.testing.assert_allclose(p.grad.numpy(), expected[name], rtol=1e-5, atol=1e-7, err_msg=name)
+    assert all(p.grad.data is buffer for p, buffer in zip(model.parameters(), buffers))   # no new buffers
+
+
+def test_init_gradients_creates_missing_buffers_as_zeros_or_the_penalty_gradient():
+    mg.manual_seed(0)
+    layer = nn.Linear(3, 2)
+    nn.init_gradients(layer.parameters(), [layer.weight], 0.5)
+    np.testing.assert_array_equal(layer.weight.grad.numpy(), layer.weight.numpy() * np.float32(1.0))
+    np.testing.assert_array_equal(layer.bias.grad.numpy(), np.zeros((2, 1), np.float32))
+
+
 def test_accuracy():
     log_probs = np.log(np.array([[0.9, 0.1, 0.3, 0.5], [0.1, 0.9, 0.7, 0.5]]))  # 2 classes, 4 examples
     targets = np.array([0, 1, 0, 0])  # right, right, wrong, tie -> first class

@@ -39,11 +39,11 @@ cdef void log_softmax(int axis, const floating[:, ::1] x, floating[:, ::1] out, 
 cdef void log_softmax_grad(int axis, const floating[:, ::1] y, const floating[:, ::1] g,
                            floating[:, ::1] out, int workers) noexcept nogil
 
-# In-place updates: y += alpha * x; y *= alpha; y = value; y = x.
+# In-place updates: y += alpha * x; y *= alpha; y = value; y = alpha * x.
 cdef void axpy(double alpha, const floating[:, ::1] x, floating[:, ::1] y, int workers) noexcept nogil
 cdef void scale(double alpha, floating[:, ::1] y, int workers) noexcept nogil
 cdef void fill(double value, floating[:, ::1] y, int workers) noexcept nogil
-cdef void copy(const floating[:, ::1] x, floating[:, ::1] y, int workers) noexcept nogil
+cdef void copy(double alpha, const floating[:, ::1] x, floating[:, ::1] y, int workers) noexcept nogil
 
 # One Adam step on every element: g' = g + weight_decay * p; m = b1 m + (1 - b1) g';
 # v = b2 v + (1 - b2) g'^2; p -= lr / c1 * m / (sqrt(v / c2) + eps), c1 and c2 being

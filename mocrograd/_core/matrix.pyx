@@ -146,7 +146,7 @@ cdef void _log_softmax_grad(int axis, const floating[:, ::1] y, const floating[:
 
 
 cdef void _update(int kind, double alpha, const floating[:, ::1] x, floating[:, ::1] y) noexcept nogil:
-    """kind 0: y += alpha x; 1: y *= alpha; 2: y = alpha; 3: y = x."""
+    """kind 0: y += alpha x; 1: y *= alpha; 2: y = alpha; 3: y = alpha x."""
     cdef int w = _workers_for_elements(y.shape[0] * y.shape[1])
     if _variant == NAIVE:
         if kind == 0:
@@ -156,7 +156,7 @@ cdef void _update(int kind, double alpha, const floating[:, ::1] x, floating[:, 
         elif kind == 2:
             naive.fill(alpha, y, 1)
         else:
-            naive.copy(x, y, 1)
+            naive.copy(alpha, x, y, 1)
     elif kind == 0:
         optimized.axpy(alpha, x, y, w)
     elif kind == 1:
@@ -164,7 +164,7 @@ cdef void _update(int kind, double alpha, const floating[:, ::1] x, floating[:, 
     elif kind == 2:
         optimized.fill(alpha, y, w)
     else:
-        optimized.copy(x, y, w)
+        optimized.copy(alpha, x, y, w)
 
 
 cdef void _adam(floating[:, ::1] p, const floating[:, ::1] g, floating[:, ::1] m, floating[:, ::1] v,
@@ -700,10 +700,11 @@ cdef class Matrix:
                 _adam(self.f32, g.f32, mm.f32, vv.f32, lr, beta1, beta2, eps, correction1, correction2, weight_decay)
         return self
 
-    def copy_(self, x):
-        """Copy x's values into self (same shape and dtype)."""
+    def copy_(self, x, double scale=1.0):
+        """Copy x's values into self (same shape and dtype); self = scale * x when scale is given,
+        in the same single pass."""
         cdef Matrix m = _operand_of_update(self, x, "copy_")
-        return self._update_op(3, 0.0, m)
+        return self._update_op(3, scale, m)
 
 
 cdef _check_same_shape(Matrix a, Matrix b, str what):

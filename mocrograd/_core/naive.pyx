@@ -187,11 +187,12 @@ cdef void fill(double value, floating[:, ::1] y, int workers) noexcept nogil:
             y[i, j] = <floating>value
 
 
-cdef void copy(const floating[:, ::1] x, floating[:, ::1] y, int workers) noexcept nogil:
+cdef void copy(double alpha, const floating[:, ::1] x, floating[:, ::1] y, int workers) noexcept nogil:
     cdef Py_ssize_t i, j
+    cdef floating a = <floating>alpha
     for i in range(y.shape[0]):
         for j in range(y.shape[1]):
-            y[i, j] = x[i, j]
+            y[i, j] = a * x[i, j]
 
 
 cdef void adam(floating[:, ::1] p, const floating[:, ::1] g, floating[:, ::1] m, floating[:, ::1] v,

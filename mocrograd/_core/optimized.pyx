@@ -835,7 +835,7 @@ cdef void log_softmax_grad(int axis, const floating[:, ::1] y, const floating[:,
 # ---------------------------------------------------------------- in place
 
 cdef inline void _update_run(int kind, double alpha, const floating* x, floating* y, Py_ssize_t n) noexcept nogil:
-    """kind 0: y += alpha x; 1: y *= alpha; 2: y = alpha; 3: y = x."""
+    """kind 0: y += alpha x; 1: y *= alpha; 2: y = alpha; 3: y = alpha x."""
     cdef Py_ssize_t j
     cdef floating a = <floating>alpha
     if kind == 0:
@@ -849,7 +849,7 @@ cdef inline void _update_run(int kind, double alpha, const floating* x, floating
             y[j] = a
     else:
         for j in range(n):
-            y[j] = x[j]
+            y[j] = a * x[j]
 
 
 cdef void _update(int kind, double alpha, const floating* x, floating[:, ::1] y, int workers) noexcept nogil:
@@ -877,9 +877,9 @@ cdef void fill(double value, floating[:, ::1] y, int workers) noexcept nogil:
     _update(2, value, NULL, y, workers)
 
 
-cdef void copy(const floating[:, ::1] x, floating[:, ::1] y, int workers) noexcept nogil:
+cdef void copy(double alpha, const floating[:, ::1] x, floating[:, ::1] y, int workers) noexcept nogil:
     if y.shape[0] * y.shape[1] > 0:
-        _update(3, 0.0, &x[0, 0], y, workers)
+        _update(3, alpha, &x[0, 0], y, workers)
 
 
 cdef inline void _adam_run(floating* p, const floating* g, floating* m, floating* v, Py_ssize_t n,

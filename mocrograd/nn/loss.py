@@ -59,6 +59,27 @@ def l2_penalty(weights, alpha=1e-4):
     return None if total is None else total * alpha
 
 
+def init_gradients(parameters, weights=(), alpha=0.0):
+    """Set each parameter's ``.grad`` to its value before a backward pass, keeping the
+    buffers (created at the first call): zeros, but 2 * alpha * W for the ``weights``,
+    which is the gradient of ``l2_penalty(weights, alpha)``.
+
+    A backward pass of the loss then adds the loss's gradient, so each ``.grad`` ends
+    as the gradient of loss + penalty: what ``zero_grad(set_to_none=False)`` and
+    ``(loss + l2_penalty(weights, alpha)).backward()`` give, in one pass over each
+    weight (read W, write its gradient) where those take three (zeroing, the
+    penalty's sum of squares, its backward update of the gradient). On the Bigger
+    network that is 170 MB less memory traffic three times per step."""
+    decayed = {id(w) for w in weights} if alpha else set()
+    for p in parameters:
+        if p.grad is None:
+            p.grad = Tensor(Matrix.zeros(*p.shape, dtype=p.dtype))
+        elif id(p) not in decayed:
+            p.grad.data.zero_()
+        if id(p) in decayed:
+            p.grad.data.copy_(p.data, scale=2.0 * alpha)
+
+
 def accuracy(log_probs, targets):
     """Fraction of columns whose largest entry is the target class."""
     data = log_probs.data if isinstance(log_probs, Tensor) else log_probs
