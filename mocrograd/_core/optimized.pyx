@@ -426,18 +426,23 @@ cdef int _matmul_thin(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* 
                       const floating* b, Py_ssize_t sbp, Py_ssize_t sbj, floating* c, bint accumulate,
                       int workers) noexcept nogil:
     """matmul for n <= THIN columns (matrix-vector work), rows of the output cut into
-    ``workers`` chunks. op(B) is copied into a zero-padded buffer of J columns (J = 1
+    ``workers`` chunks (fewer for small outputs, see below). op(B) is copied into a zero-padded buffer of J columns (J = 1
     for a vector, else 4; k x J, or transposed to J x k for the dot products); each
     output element is one sum in an order fixed by the shape. Returns -1 (out
     untouched) when the buffers cannot be allocated."""
     cdef bint vector = n == 1
     cdef Py_ssize_t J = 1 if vector else 4 if n <= 4 else 8 if n <= 8 else 16, R = 8 if vector else 4
-    # per chunk: R x J dot products, or J running sums for each of up to THIN_SUMS / J rows
-    cdef Py_ssize_t rows = min(THIN_SUMS // J, (m + workers - 1) // workers) if trans_a else R
-    cdef floating* bt = <floating*>malloc((J * k + workers * J * rows) * sizeof(floating))
+    # A chunk gets at least a row group (dot products) or a block of THIN_SUMS / J rows
+    # (transposed: shorter blocks would read A in short, scattered runs), so 256
+    # workers on a small output make fewer, longer chunks.
+    cdef Py_ssize_t block = THIN_SUMS // J if trans_a else R
+    cdef int chunks = <int>max(1, min(<Py_ssize_t>workers, m // block))
+    # per chunk: R x J dot products, or J running sums for each of up to `block` rows
+    cdef Py_ssize_t rows = min(block, (m + chunks - 1) // chunks) if trans_a else R
+    cdef floating* bt = <floating*>malloc((J * k + chunks * J * rows) * sizeof(floating))
     cdef floating* t
     cdef Py_ssize_t i, j, p, r, lo, hi, i0, w, group
-    cdef int chunk, n_threads = threads_for(workers)
+    cdef int chunk, n_threads = threads_for(chunks)
     if bt == NULL:
         return -1
     for p in range(k):
@@ -446,9 +451,9 @@ cdef int _matmul_thin(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* 
                 bt[p * J + j] = b[p * sbp + j * sbj] if j < n else 0
             else:         # bt[j * k + p] = op(B)[p, j]: column j is dotted with A's rows
                 bt[j * k + p] = b[p * sbp + j * sbj] if j < n else 0
-    for chunk in prange(workers, nogil=True, num_threads=n_threads, schedule='static'):
-        lo = (m * chunk) // workers
-        hi = (m * (chunk + 1)) // workers
+    for chunk in prange(chunks, nogil=True, num_threads=n_threads, schedule='static'):
+        lo = (m * chunk) // chunks
+        hi = (m * (chunk + 1)) // chunks
         t = bt + J * k + chunk * J * rows
         if not trans_a:   # output rows i..i+R-1: A's rows (contiguous) dotted with each column
             i = lo
