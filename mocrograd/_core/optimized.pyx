@@ -94,10 +94,11 @@ cdef extern from *:
     MOCRO_NARROW_TILE(mocro_narrow_tile_f64, double, MOCRO_HALF_NR_F64)
 
     /* The thin kernels, for products at most 4 columns wide (one example, a batch
-       of 2: matrix-vector work). A register tile would leave most of its lanes
+       of 2: matrix-vector work), and W^T G products up to 16 (whose register tile
+       reads W down its columns). A register tile would leave most of its lanes
        idle there; these run along the contiguous side of A instead, for J output
-       columns at once (J = 1 for a vector, else 4; bt and b zero-padded to J), so
-       each element of A is loaded once, and memory is the only limit.
+       columns at once (bt and b zero-padded to J), so each element of A is loaded
+       once, and memory is the only limit.
 
        thin_dot: sums[r * J + j] = a[r * lda : r * lda + k] . bt[j * k : j * k + k]
        for R rows r of A (op(A) = A, rows contiguous) and J columns j: W lanes of
@@ -425,11 +426,12 @@ cdef inline void _thin_axpy(Py_ssize_t J, Py_ssize_t w, Py_ssize_t rows, const f
 cdef int _matmul_thin(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a, bint trans_a,
                       const floating* b, Py_ssize_t sbp, Py_ssize_t sbj, floating* c, bint accumulate,
                       int workers) noexcept nogil:
-    """matmul for n <= THIN columns (matrix-vector work), rows of the output cut into
-    ``workers`` chunks (fewer for small outputs, see below). op(B) is copied into a zero-padded buffer of J columns (J = 1
-    for a vector, else 4; k x J, or transposed to J x k for the dot products); each
-    output element is one sum in an order fixed by the shape. Returns -1 (out
-    untouched) when the buffers cannot be allocated."""
+    """matmul for n <= THIN columns (matrix-vector work), or n <= THIN_T when op(A) =
+    A^T, rows of the output cut into ``workers`` chunks (fewer for small outputs, see
+    below). op(B) is copied into a zero-padded buffer of J columns (1 for a vector,
+    else 4, 8 or 16; k x J, or transposed to J x k for the dot products); each output
+    element is one sum in an order fixed by the shape. Returns -1 (out untouched)
+    when the buffers cannot be allocated."""
     cdef bint vector = n == 1
     cdef Py_ssize_t J = 1 if vector else 4 if n <= 4 else 8 if n <= 8 else 16, R = 8 if vector else 4
     # A chunk gets at least a row group (dot products) or a block of THIN_SUMS / J rows
