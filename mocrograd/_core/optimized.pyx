@@ -162,6 +162,22 @@ cdef extern from *:
     MOCRO_THIN_AXPY(mocro_thin_axpy8_f64, double, MOCRO_HALF_NR_F64, 8)
     MOCRO_THIN_AXPY(mocro_thin_axpy16_f32, float, MOCRO_HALF_NR_F32, 16)
     MOCRO_THIN_AXPY(mocro_thin_axpy16_f64, double, MOCRO_HALF_NR_F64, 16)
+    /* One entry point per kernel and type: vector (n = 1) or not; J = 1, 4, 8 or 16. */
+    #define MOCRO_THIN_ENTRIES(SUF, T)                                                 \
+    static void mocro_thin_dot_##SUF(int vector, Py_ssize_t k, const T* a,             \
+                                     Py_ssize_t lda, const T* bt, T* sums) {           \
+        if (vector) mocro_thin_dot1_##SUF(k, a, lda, bt, sums);                        \
+        else mocro_thin_dot4_##SUF(k, a, lda, bt, sums);                               \
+    }                                                                                  \
+    static void mocro_thin_axpy_##SUF(Py_ssize_t J, Py_ssize_t w, Py_ssize_t rows,     \
+                                      const T* a, Py_ssize_t lda, const T* b, T* t) {  \
+        if (J == 1) mocro_thin_axpy1_##SUF(w, rows, a, lda, b, t);                     \
+        else if (J == 4) mocro_thin_axpy4_##SUF(w, rows, a, lda, b, t);                \
+        else if (J == 8) mocro_thin_axpy8_##SUF(w, rows, a, lda, b, t);                \
+        else mocro_thin_axpy16_##SUF(w, rows, a, lda, b, t);                           \
+    }
+    MOCRO_THIN_ENTRIES(f32, float)
+    MOCRO_THIN_ENTRIES(f64, double)
     """
     enum:
         MR "MOCRO_MR"
@@ -174,30 +190,14 @@ cdef extern from *:
                                const float* bp, float* out) noexcept nogil
     void mocro_narrow_tile_f64(Py_ssize_t kc, const double* a, Py_ssize_t sai, Py_ssize_t sap,
                                const double* bp, double* out) noexcept nogil
-    void mocro_thin_dot4_f32(Py_ssize_t k, const float* a, Py_ssize_t lda, const float* bt,
-                             float* sums) noexcept nogil
-    void mocro_thin_axpy4_f32(Py_ssize_t w, Py_ssize_t rows, const float* a, Py_ssize_t lda,
-                              const float* b, float* t) noexcept nogil
-    void mocro_thin_dot4_f64(Py_ssize_t k, const double* a, Py_ssize_t lda, const double* bt,
-                             double* sums) noexcept nogil
-    void mocro_thin_axpy4_f64(Py_ssize_t w, Py_ssize_t rows, const double* a, Py_ssize_t lda,
-                              const double* b, double* t) noexcept nogil
-    void mocro_thin_dot1_f32(Py_ssize_t k, const float* a, Py_ssize_t lda, const float* bt,
-                             float* sums) noexcept nogil
-    void mocro_thin_axpy1_f32(Py_ssize_t w, Py_ssize_t rows, const float* a, Py_ssize_t lda,
-                              const float* b, float* t) noexcept nogil
-    void mocro_thin_dot1_f64(Py_ssize_t k, const double* a, Py_ssize_t lda, const double* bt,
-                             double* sums) noexcept nogil
-    void mocro_thin_axpy1_f64(Py_ssize_t w, Py_ssize_t rows, const double* a, Py_ssize_t lda,
-                              const double* b, double* t) noexcept nogil
-    void mocro_thin_axpy8_f32(Py_ssize_t w, Py_ssize_t rows, const float* a, Py_ssize_t lda,
-                              const float* b, float* t) noexcept nogil
-    void mocro_thin_axpy8_f64(Py_ssize_t w, Py_ssize_t rows, const double* a, Py_ssize_t lda,
-                              const double* b, double* t) noexcept nogil
-    void mocro_thin_axpy16_f32(Py_ssize_t w, Py_ssize_t rows, const float* a, Py_ssize_t lda,
-                              const float* b, float* t) noexcept nogil
-    void mocro_thin_axpy16_f64(Py_ssize_t w, Py_ssize_t rows, const double* a, Py_ssize_t lda,
-                              const double* b, double* t) noexcept nogil
+    void mocro_thin_dot_f32(int vector, Py_ssize_t k, const float* a, Py_ssize_t lda, const float* bt,
+                            float* sums) noexcept nogil
+    void mocro_thin_dot_f64(int vector, Py_ssize_t k, const double* a, Py_ssize_t lda, const double* bt,
+                            double* sums) noexcept nogil
+    void mocro_thin_axpy_f32(Py_ssize_t J, Py_ssize_t w, Py_ssize_t rows, const float* a, Py_ssize_t lda,
+                             const float* b, float* t) noexcept nogil
+    void mocro_thin_axpy_f64(Py_ssize_t J, Py_ssize_t w, Py_ssize_t rows, const double* a, Py_ssize_t lda,
+                             const double* b, double* t) noexcept nogil
 
 
 cdef enum:
@@ -210,6 +210,7 @@ cdef enum:
     THIN = 4             # products this narrow take the thin kernels
     THIN_T = 16          # ... and W^T G products this narrow (a batch of 16: their register tile is slow)
     THIN_SUMS = 4096     # running sums the transposed thin kernel keeps per chunk (16 KB of floats: L1)
+    THIN_RUN = 512       # the fewest output rows a chunk of the transposed thin kernel gets (2 KB runs of A)
 
 
 cdef inline Py_ssize_t _nr(const floating* x) noexcept nogil:
@@ -389,38 +390,18 @@ cdef inline void _thin_dot(bint vector, Py_ssize_t k, const floating* a, Py_ssiz
                            const floating* bt, floating* sums) noexcept nogil:
     """One thin_dot call: 8 rows x 1 column (vector) or 4 rows x 4 columns."""
     if floating is float:
-        if vector:
-            mocro_thin_dot1_f32(k, a, lda, bt, sums)
-        else:
-            mocro_thin_dot4_f32(k, a, lda, bt, sums)
+        mocro_thin_dot_f32(vector, k, a, lda, bt, sums)
     else:
-        if vector:
-            mocro_thin_dot1_f64(k, a, lda, bt, sums)
-        else:
-            mocro_thin_dot4_f64(k, a, lda, bt, sums)
+        mocro_thin_dot_f64(vector, k, a, lda, bt, sums)
 
 
 cdef inline void _thin_axpy(Py_ssize_t J, Py_ssize_t w, Py_ssize_t rows, const floating* a, Py_ssize_t lda,
                             const floating* b, floating* t) noexcept nogil:
     """One thin_axpy call for J = 1, 4, 8 or 16 columns."""
     if floating is float:
-        if J == 1:
-            mocro_thin_axpy1_f32(w, rows, a, lda, b, t)
-        elif J == 4:
-            mocro_thin_axpy4_f32(w, rows, a, lda, b, t)
-        elif J == 8:
-            mocro_thin_axpy8_f32(w, rows, a, lda, b, t)
-        else:
-            mocro_thin_axpy16_f32(w, rows, a, lda, b, t)
+        mocro_thin_axpy_f32(J, w, rows, a, lda, b, t)
     else:
-        if J == 1:
-            mocro_thin_axpy1_f64(w, rows, a, lda, b, t)
-        elif J == 4:
-            mocro_thin_axpy4_f64(w, rows, a, lda, b, t)
-        elif J == 8:
-            mocro_thin_axpy8_f64(w, rows, a, lda, b, t)
-        else:
-            mocro_thin_axpy16_f64(w, rows, a, lda, b, t)
+        mocro_thin_axpy_f64(J, w, rows, a, lda, b, t)
 
 
 cdef int _matmul_thin(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a, bint trans_a,
@@ -434,13 +415,12 @@ cdef int _matmul_thin(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* 
     when the buffers cannot be allocated."""
     cdef bint vector = n == 1
     cdef Py_ssize_t J = 1 if vector else 4 if n <= 4 else 8 if n <= 8 else 16, R = 8 if vector else 4
-    # A chunk gets at least a row group (dot products) or a block of THIN_SUMS / J rows
-    # (transposed: shorter blocks would read A in short, scattered runs), so 256
-    # workers on a small output make fewer, longer chunks.
-    cdef Py_ssize_t block = THIN_SUMS // J if trans_a else R
-    cdef int chunks = <int>max(1, min(<Py_ssize_t>workers, m // block))
-    # per chunk: R x J dot products, or J running sums for each of up to `block` rows
-    cdef Py_ssize_t rows = min(block, (m + chunks - 1) // chunks) if trans_a else R
+    # A chunk gets at least a row group (dot products) or THIN_RUN rows (transposed:
+    # fewer would read A in short, scattered runs), so 256 workers on a small output
+    # make fewer, longer chunks.
+    cdef int chunks = <int>max(1, min(<Py_ssize_t>workers, m // (THIN_RUN if trans_a else R)))
+    # per chunk: R x J dot products, or J running sums for each of up to THIN_SUMS / J rows
+    cdef Py_ssize_t rows = min(THIN_SUMS // J, (m + chunks - 1) // chunks) if trans_a else R
     cdef floating* bt = <floating*>malloc((J * k + chunks * J * rows) * sizeof(floating))
     cdef floating* t
     cdef Py_ssize_t i, j, p, r, lo, hi, i0, w, group
