@@ -268,11 +268,11 @@ def large_allocations():
     return _large_allocations
 
 
-cdef Matrix _empty(Py_ssize_t rows, Py_ssize_t cols, bint is64):
+cdef Matrix _empty(Py_ssize_t rows, Py_ssize_t cols, bint is64, bint zeroed=False):
     global _large_allocations
     if rows * cols * (8 if is64 else 4) >= LARGE_ALLOCATION:
         _large_allocations += 1
-    return _wrap(np.empty((rows, cols), dtype=_FLOAT64 if is64 else _FLOAT32))
+    return _wrap((np.zeros if zeroed else np.empty)((rows, cols), dtype=_FLOAT64 if is64 else _FLOAT32))
 
 
 cdef str _shape_str(Matrix m):
@@ -352,8 +352,11 @@ cdef class Matrix:
     # -- constructors
     @staticmethod
     def zeros(Py_ssize_t rows, Py_ssize_t cols, dtype=None):
-        """A rows x cols matrix of zeros."""
-        return Matrix.full(rows, cols, 0.0, dtype)
+        """A rows x cols matrix of zeros. Its memory comes zeroed from the allocator
+        (``calloc``: a large block is zero pages that the OS fills in when first
+        written), so a big gradient or optimizer buffer costs no pass until it is used."""
+        _check_shape(rows, cols)
+        return _empty(rows, cols, _as_dtype(dtype) == _FLOAT64, zeroed=True)
 
     @staticmethod
     def full(Py_ssize_t rows, Py_ssize_t cols, double value, dtype=None):
