@@ -219,13 +219,12 @@ cdef double sum_squares(const floating[:, ::1] x, int workers) noexcept nogil:
 
 cdef int linear(const floating[:, ::1] w, const floating[:, ::1] x, const floating[:, ::1] bias,
                 floating[:, ::1] out, bint relu, int workers) noexcept nogil:
-    cdef Py_ssize_t i, j, p
+    # The product (the matmul above), then the bias and the activation.
+    cdef Py_ssize_t i, j
     cdef floating total
+    matmul(w, False, x, False, out, False, 1)
     for i in range(out.shape[0]):
         for j in range(out.shape[1]):
-            total = 0
-            for p in range(w.shape[1]):
-                total = total + w[i, p] * x[p, j]
-            total = total + bias[i, 0]
+            total = out[i, j] + bias[i, 0]
             out[i, j] = 0 if (relu and total < 0) else total
     return 0

@@ -427,12 +427,12 @@ cdef int _matmul_thin(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* 
     cdef int chunk, n_threads = threads_for(chunks)
     if bt == NULL:
         return -1
+    # op(B)[p, j] for j < J (0 past n): at bt[p * J + j] when row p scales A's row p
+    # (transposed), at bt[j * k + p] when column j is dotted with A's rows
+    cdef Py_ssize_t sp = J if trans_a else 1, sj = 1 if trans_a else k
     for p in range(k):
         for j in range(J):
-            if trans_a:   # bt[p * J + j] = op(B)[p, j]: row p scales A's row p
-                bt[p * J + j] = b[p * sbp + j * sbj] if j < n else 0
-            else:         # bt[j * k + p] = op(B)[p, j]: column j is dotted with A's rows
-                bt[j * k + p] = b[p * sbp + j * sbj] if j < n else 0
+            bt[p * sp + j * sj] = b[p * sbp + j * sbj] if j < n else 0
     for chunk in prange(chunks, nogil=True, num_threads=n_threads, schedule='static'):
         lo = (m * chunk) // chunks
         hi = (m * (chunk + 1)) // chunks

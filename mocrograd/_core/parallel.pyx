@@ -106,14 +106,11 @@ cdef int chunks_for(double work, double grain, int workers) noexcept nogil:
 cdef int dynamic_workers(double work, double grain) noexcept nogil:
     """Workers for a kernel of ``work`` operations: 1 for tiny work, up to one per thread
     with at least ``grain`` work each, and fewer while other processes keep cores busy."""
-    cdef double n = work / grain
-    if n <= 1.0:
+    if work < 2.0 * grain:   # one chunk whatever the load: no need to probe
         return 1
     if omp_get_wtime() >= _next_probe:
         _probe()
-    if n >= _uncontended:
-        return _uncontended
-    return <int>n
+    return chunks_for(work, grain, _uncontended)
 
 
 cdef void _probe() noexcept nogil:
