@@ -128,7 +128,7 @@ cdef extern from *:
 
     /* thin_axpy: t[j * w + i] += sum over p < rows of a[p * lda + i] * b[p * J + j],
        p in order, for i < w and J columns j (op(A) = A^T: a row of A is a contiguous
-       run of op(A)'s column). Up to 8 rows of A at a time, so the running sums t
+       run of op(A)'s column). Up to THIN_ROWS (8) rows of A per call, so the running sums t
        are loaded and stored once per 8 rows. */
     #define MOCRO_THIN_AXPY(NAME, T, W, J)                                             \
     typedef T NAME##_vec __attribute__((vector_size(MOCRO_VEC_BYTES)));                \
@@ -209,8 +209,12 @@ cdef enum:
     SPLIT_K_BYTES = 16777216  # the most workspace (partial sums and packed B) split-k may take
     THIN = 4             # products this narrow take the thin kernels
     THIN_T = 16          # ... and W^T G products this narrow (a batch of 16: their register tile is slow)
-    THIN_SUMS = 4096     # running sums the transposed thin kernel keeps per chunk (16 KB of floats: L1)
+    THIN_SUMS = 8192     # running sums the transposed thin kernel keeps per chunk (32 KB of floats: L1),
+                         # so a batch of 8 reads A in runs of 1024 floats (4 KB; 2 KB runs ran 1.3x slower
+                         # on 1 thread and 1.8x on 2: short runs leave the memory system idle between them)
     THIN_RUN = 512       # the fewest output rows a chunk of the transposed thin kernel gets (2 KB runs of A)
+    THIN_ROWS = 8        # rows of A per transposed thin call (running sums loaded and stored once per call;
+                         # 32 rows at once read 32 short runs side by side and ran 2x slower)
 
 
 cdef inline Py_ssize_t _nr(const floating* x) noexcept nogil:
@@ -455,7 +459,7 @@ cdef int _matmul_thin(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* 
                     t[i] = 0
                 p = 0
                 while p < k:
-                    r = min(8, k - p)
+                    r = min(THIN_ROWS, k - p)
                     _thin_axpy(J, w, r, a + p * m + i0, m, bt + p * J, t)
                     p = p + r
                 for i in range(w):
