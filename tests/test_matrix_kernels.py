@@ -27,9 +27,10 @@ EPS64 = np.finfo(np.float64).eps
 
 # Awkward shapes: one element, one row, one column, primes, one past a tile or
 # a 16-lane vector, and a larger prime-sided one that every worker count cuts
-# into uneven chunks. (dynamic adds workers only for much more work: see the
+# into uneven chunks, and a wide one whose column reductions get several chunks
+# of at least 256 columns. (dynamic adds workers only for much more work: see the
 # bit-identity section at the end.)
-SHAPES = [(1, 1), (1, 13), (13, 1), (13, 31), (9, 33), (17, 65), (131, 509)]
+SHAPES = [(1, 1), (1, 13), (13, 1), (13, 31), (9, 33), (17, 65), (131, 509), (7, 1031)]
 SHAPE_IDS = [f"{r}x{c}" for r, c in SHAPES]
 
 # (m, k, n) of op(A) @ op(B). With AVX-512 the float32 register tile is 12 x 32; a

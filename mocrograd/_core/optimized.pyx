@@ -225,12 +225,13 @@ cdef enum:
     KC_MAX = 1024        # the most k-block elements any of the above gives (A panel buffer)
     LANES = 16           # independent partial sums in a vectorized reduction
     SPLIT_K_BYTES = 16777216  # the most workspace (partial sums and packed B) split-k may take
+    ONE_STRIP_BYTES = 4194304  # op(B) one strip wide and at most this big (4 MB) is packed whole (_matmul_one_strip)
     THIN = 4             # products this narrow take the thin kernels
     THIN_T = 16          # ... and W^T G products this narrow (a batch of 16: their register tile is slow)
     THIN_SUMS = 8192     # running sums the transposed thin kernel keeps per chunk (32 KB of floats: L1),
                          # so a batch of 8 reads A in runs of 1024 floats (4 KB; 2 KB runs ran 1.3x slower
                          # on 1 thread and 1.8x on 2: short runs leave the memory system idle between them)
-    THIN_RUN = 512       # the fewest output rows a chunk of the transposed thin kernel gets (2 KB runs of A)
+    THIN_RUN = 1024      # the fewest output rows a chunk of the transposed thin kernel gets (4 KB runs of A)
     THIN_ROWS = 8        # rows of A per transposed thin call (running sums loaded and stored once per call;
                          # 32 rows at once read 32 short runs side by side and ran 2x slower)
 
@@ -488,6 +489,42 @@ cdef int _matmul_thin(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* 
     return 0
 
 
+cdef int _matmul_one_strip(bint narrow, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t kc_max,
+                           const floating* a, Py_ssize_t sai, Py_ssize_t sap, const floating* b,
+                           Py_ssize_t sbp, Py_ssize_t sbj, floating* c, bint accumulate,
+                           int workers) noexcept nogil:
+    """matmul when op(B) is one strip wide (a batch: n <= NR) and small enough to pack
+    whole (ONE_STRIP_BYTES): each row tile runs all its k-blocks before the next tile.
+
+    The general loop runs each k-block over all rows, so it reads every row of A in
+    runs of one k-block (4 KB), jumping 32 KB between them on the Bigger layers; here
+    each tile reads its rows start to end, in order. The sums and their order are the
+    general loop's (k-blocks in order, each added to the tile): bit-identical."""
+    cdef Py_ssize_t NR = _nr(a) // 2 if narrow else _nr(a)
+    cdef Py_ssize_t m_tiles = (m + MR - 1) // MR, pc, kc, tile, lo, hi
+    cdef int chunk, n_threads = threads_for(workers)
+    cdef floating* bp = <floating*>malloc(k * NR * sizeof(floating))
+    if bp == NULL:
+        return -1
+    pc = 0
+    while pc < k:   # k-block by k-block, as the general loop packs them: kc x NR at bp + pc * NR
+        kc = min(kc_max, k - pc)
+        _pack_b(b + pc * sbp, sbp, sbj, kc, n, NR, bp + pc * NR)
+        pc += kc
+    for chunk in prange(workers, nogil=True, num_threads=n_threads, schedule='static'):
+        lo = (m_tiles * chunk) // workers
+        hi = (m_tiles * (chunk + 1)) // workers
+        for tile in range(lo, hi):
+            pc = 0
+            while pc < k:
+                kc = min(kc_max, k - pc)
+                _block(narrow, tile * MR, min(tile * MR + MR, m), 0, 1, m, n, kc, a + pc * sap, sai, sap,
+                       bp + pc * NR, c, pc == 0 and not accumulate)
+                pc = pc + kc
+    free(bp)
+    return 0
+
+
 cdef int matmul(const floating[:, ::1] a, bint trans_a, const floating[:, ::1] b, bint trans_b,
                 floating[:, ::1] out, bint accumulate, int workers) noexcept nogil:
     cdef Py_ssize_t m = out.shape[0], n = out.shape[1]
@@ -523,6 +560,9 @@ cdef int matmul(const floating[:, ::1] a, bint trans_a, const floating[:, ::1] b
         if _matmul_split_k(narrow, m, n, k, kc_max, n_strips, &a[0, 0], sai, sap, &b[0, 0], sbp, sbj,
                            &out[0, 0], accumulate, workers) == 0:
             return 0
+    if n_strips == 1 and k * NR * sizeof(floating) <= ONE_STRIP_BYTES:
+        return _matmul_one_strip(narrow, m, n, k, kc_max, &a[0, 0], sai, sap, &b[0, 0], sbp, sbj,
+                                 &out[0, 0], accumulate, workers)
     bp = <floating*>malloc(n_strips * min(k, kc_max) * NR * sizeof(floating))
     if bp == NULL:
         return -1
@@ -726,18 +766,27 @@ cdef inline void _column_reduce(int op, const floating* x, Py_ssize_t rows, Py_s
         start = stop
 
 
+cdef inline int _column_chunks(Py_ssize_t cols, int workers) noexcept nogil:
+    """Chunks for a reduction down the columns: ``workers``, or fewer so that each gets
+    COLUMN_BLOCK columns at least. Every chunk reads each row's run of its columns, so
+    256 workers on 4096 columns would read 64-byte runs (16 columns) from every row:
+    2.4x slower than 2 workers' 8 KB runs."""
+    cdef Py_ssize_t most = cols // COLUMN_BLOCK
+    return workers if workers <= most else <int>max(1, most)
+
+
 cdef void reduce(int op, int axis, const floating[:, ::1] x,
                  floating[:, ::1] out, int workers) noexcept nogil:
     cdef Py_ssize_t rows = x.shape[0], cols = x.shape[1], i, lo, hi
-    cdef int chunk, n_threads = threads_for(workers)
+    cdef int chunk, chunks, n_threads = threads_for(workers)
     cdef double* acc
     cdef double total
     if axis == 0:
-        for chunk in prange(workers, nogil=True, num_threads=n_threads, schedule='static'):
-            lo = (cols * chunk) // workers
-            hi = (cols * (chunk + 1)) // workers
-            if hi > lo:
-                _column_reduce(op, &x[0, 0], rows, cols, lo, hi, &out[0, 0])
+        chunks = _column_chunks(cols, workers)
+        for chunk in prange(chunks, nogil=True, num_threads=threads_for(chunks), schedule='static'):
+            lo = (cols * chunk) // chunks
+            hi = (cols * (chunk + 1)) // chunks
+            _column_reduce(op, &x[0, 0], rows, cols, lo, hi, &out[0, 0])
         return
     if axis == 1:
         for chunk in prange(workers, nogil=True, num_threads=n_threads, schedule='static'):
@@ -767,11 +816,12 @@ cdef void reduce(int op, int axis, const floating[:, ::1] x,
 
 cdef void argmax(int axis, const floating[:, ::1] x, Py_ssize_t[:, ::1] out, int workers) noexcept nogil:
     cdef Py_ssize_t rows = x.shape[0], cols = x.shape[1], i, j, lo, hi, best
-    cdef int chunk, n_threads = threads_for(workers)
+    cdef int chunk, chunks, n_threads = threads_for(workers)
     if axis == 0:
-        for chunk in prange(workers, nogil=True, num_threads=n_threads, schedule='static'):
-            lo = (cols * chunk) // workers
-            hi = (cols * (chunk + 1)) // workers
+        chunks = _column_chunks(cols, workers)
+        for chunk in prange(chunks, nogil=True, num_threads=threads_for(chunks), schedule='static'):
+            lo = (cols * chunk) // chunks
+            hi = (cols * (chunk + 1)) // chunks
             for j in range(lo, hi):
                 out[0, j] = 0
             for i in range(1, rows):
