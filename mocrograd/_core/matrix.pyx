@@ -268,11 +268,51 @@ def large_allocations():
     return _large_allocations
 
 
+cdef extern from *:
+    """
+    #if defined(__linux__)
+    #include <stdint.h>
+    #include <sys/mman.h>
+    #include <unistd.h>
+    #ifndef MADV_POPULATE_WRITE
+    #define MADV_POPULATE_WRITE 23   /* Linux 5.14; older kernels answer EINVAL: nothing happens */
+    #endif
+    #endif
+    /* Map every page of [p, p + n) now, zero-filled and writable, in one system call
+       (pages already mapped stay as they are). Best effort: a no-op off Linux. */
+    static void mocro_populate(void* p, size_t n) {
+    #if defined(__linux__)
+        uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+        uintptr_t start = ((uintptr_t)p + page - 1) & ~(page - 1), end = ((uintptr_t)p + n) & ~(page - 1);
+        if (end > start) (void)madvise((void*)start, end - start, MADV_POPULATE_WRITE);
+    #endif
+    }
+    """
+    void mocro_populate(void* p, size_t n) noexcept nogil
+
+
+# A new block this big is mapped in (populated) as soon as it is allocated, by this
+# thread alone. Otherwise its pages are mapped on first touch, which is the first
+# kernel that writes it: with two threads faulting side by side, the first write of
+# the Bigger network's 170 MB of gradients took 67-190 ms instead of 28 ms on one
+# thread (the kernel zeroes 2 MB pages and may have to compact memory for them, and
+# the two threads wait on each other doing it); populating takes ~15 ms per 128 MB.
+POPULATE_BYTES = 2 * 1024 * 1024
+
+
 cdef Matrix _empty(Py_ssize_t rows, Py_ssize_t cols, bint is64, bint zeroed=False):
     global _large_allocations
-    if rows * cols * (8 if is64 else 4) >= LARGE_ALLOCATION:
+    cdef Py_ssize_t nbytes = rows * cols * (8 if is64 else 4)
+    cdef Matrix m
+    cdef void* data
+    if nbytes >= LARGE_ALLOCATION:
         _large_allocations += 1
-    return _wrap((np.zeros if zeroed else np.empty)((rows, cols), dtype=_FLOAT64 if is64 else _FLOAT32))
+    m = _wrap((np.zeros if zeroed else np.empty)((rows, cols), dtype=_FLOAT64 if is64 else _FLOAT32))
+    if nbytes >= POPULATE_BYTES:
+        data = <void*>&m.f64[0, 0] if is64 else <void*>&m.f32[0, 0]
+        with nogil:
+            mocro_populate(data, nbytes)
+    return m
 
 
 cdef str _shape_str(Matrix m):
