@@ -291,12 +291,15 @@ cdef extern from *:
     void mocro_populate(void* p, size_t n) noexcept nogil
 
 
-# A new block this big is mapped in (populated) as soon as it is allocated, by this
-# thread alone. Otherwise its pages are mapped on first touch, which is the first
-# kernel that writes it: with two threads faulting side by side, the first write of
-# the Bigger network's 170 MB of gradients took 67-190 ms instead of 28 ms on one
-# thread (the kernel zeroes 2 MB pages and may have to compact memory for them, and
-# the two threads wait on each other doing it); populating takes ~15 ms per 128 MB.
+# Matrix.zeros of this many bytes or more is mapped in (populated) as soon as it is
+# allocated, by this thread alone. Otherwise its pages are mapped on first touch, by
+# the first kernel that writes it: with two threads faulting side by side, the first
+# write of the Bigger network's 170 MB of gradients took 67-190 ms instead of 28 ms
+# on one thread (the OS zeroes a 2 MB page per fault and may have to compact memory
+# for it, and the two threads wait on each other doing it); populating takes ~15 ms
+# per 128 MB. Zeroed matrices are the long-lived ones (gradients, optimizer state);
+# a kernel's fresh result is left to the kernel's threads, whose parallel first
+# touch is usually faster (a 64 MB x + y: 12-17 ms populated, 10-12 ms not, 2 workers).
 POPULATE_BYTES = 2 * 1024 * 1024
 
 
@@ -308,7 +311,7 @@ cdef Matrix _empty(Py_ssize_t rows, Py_ssize_t cols, bint is64, bint zeroed=Fals
     if nbytes >= LARGE_ALLOCATION:
         _large_allocations += 1
     m = _wrap((np.zeros if zeroed else np.empty)((rows, cols), dtype=_FLOAT64 if is64 else _FLOAT32))
-    if nbytes >= POPULATE_BYTES:
+    if zeroed and nbytes >= POPULATE_BYTES:
         data = <void*>&m.f64[0, 0] if is64 else <void*>&m.f32[0, 0]
         with nogil:
             mocro_populate(data, nbytes)
