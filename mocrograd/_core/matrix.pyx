@@ -396,8 +396,9 @@ cdef class Matrix:
     @staticmethod
     def zeros(Py_ssize_t rows, Py_ssize_t cols, dtype=None):
         """A rows x cols matrix of zeros. Its memory comes zeroed from the allocator
-        (``calloc``: a large block is zero pages that the OS fills in when first
-        written), so a big gradient or optimizer buffer costs no pass until it is used."""
+        (``calloc``: no pass over it), and a block of 2 MB or more is mapped in at once
+        by the calling thread (see POPULATE_BYTES), so the kernel that first writes a
+        big gradient or optimizer buffer takes no page faults."""
         _check_shape(rows, cols)
         return _empty(rows, cols, _as_dtype(dtype) == _FLOAT64, zeroed=True)
 
