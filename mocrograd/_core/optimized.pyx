@@ -106,7 +106,17 @@ cdef extern from *:
     #else
     #define MOCRO_CONTRACT
     #endif
+    MOCRO_TILE(mocro_wide_tile_f32, float, MOCRO_HALF_NR_F32, 2)
     MOCRO_TILE(mocro_wide_tile_f64, double, MOCRO_HALF_NR_F64, 2)
+    /* Which wide float tile: the plain loop where it measured faster (AVX-512), the
+       vector-type tile elsewhere (see _micro_tile). */
+    #ifndef MOCRO_PLAIN_FLOAT_TILE
+    #if defined(__AVX512F__)
+    #define MOCRO_PLAIN_FLOAT_TILE 1
+    #else
+    #define MOCRO_PLAIN_FLOAT_TILE 0
+    #endif
+    #endif
     MOCRO_TILE(mocro_narrow_tile_f32, float, MOCRO_HALF_NR_F32, 1)
     MOCRO_TILE(mocro_narrow_tile_f64, double, MOCRO_HALF_NR_F64, 1)
 
@@ -202,6 +212,9 @@ cdef extern from *:
         NR_F64 "MOCRO_NR_F64"
         HALF_NR_F32 "MOCRO_HALF_NR_F32"
     float MOCRO_FMAF(float a, float b, float c) noexcept nogil
+    bint PLAIN_FLOAT_TILE "MOCRO_PLAIN_FLOAT_TILE"
+    void mocro_wide_tile_f32(Py_ssize_t kc, const float* a, Py_ssize_t sai, Py_ssize_t sap,
+                             const float* bp, float* out) noexcept nogil
     void mocro_wide_tile_f64(Py_ssize_t kc, const double* a, Py_ssize_t sai, Py_ssize_t sap,
                              const double* bp, double* out) noexcept nogil
     void mocro_narrow_tile_f32(Py_ssize_t kc, const float* a, Py_ssize_t sai, Py_ssize_t sap,
@@ -273,6 +286,8 @@ cdef inline void _micro_tile(Py_ssize_t kc, const floating* a, Py_ssize_t sai, P
     cdef Py_ssize_t i, j, p, NR = _nr(a)
     if floating is double:
         mocro_wide_tile_f64(kc, a, sai, sap, bp, acc)
+    elif not PLAIN_FLOAT_TILE:
+        mocro_wide_tile_f32(kc, a, sai, sap, bp, acc)
     else:
         for i in range(MR * NR):
             acc[i] = 0
