@@ -65,7 +65,7 @@ cdef extern from *:
     #endif
 
     /* The register tiles: MR rows x V SIMD vectors of W lanes, V = 2 (the wide
-       tile, NR = 2W columns; for double, see _micro_tile) or 1 (the narrow tile,
+       tile, NR = 2W columns; which CPUs use it: see _micro_tile) or 1 (the narrow tile,
        for n <= NR/2: a batch of 8).
        out[i * V * W + j] = sum over p < kc of a[i * sai + p * sap] * bp[p * V * W + j].
        Written with GCC/Clang vector types because, given plain loops, GCC
@@ -276,11 +276,12 @@ cdef inline void _micro_tile(Py_ssize_t kc, const floating* a, Py_ssize_t sai, P
     """c[:mr, :nr] (+)= a[:MR, :kc] @ bp[:kc, :NR]: the micro-kernel.
 
     The MR x NR sums live in registers for the whole k loop: per step p it loads
-    two vectors of B, broadcasts MR values of A and issues 2 * MR FMAs. For float
-    the plain loop does it (fixed trip counts: the compiler unrolls i and j and
-    vectorizes j); for double GCC vectorizes the same loop across rows, with
-    shuffles and spills (4.5 GFLOP/s), so double takes the vector-type tile
-    (MOCRO_TILE: 40 GFLOP/s), which runs float ~9% slower than the plain loop."""
+    two vectors of B, broadcasts MR values of A and issues 2 * MR FMAs. The plain
+    loop below does it for float on AVX-512 (fixed trip counts: the compiler unrolls
+    i and j and vectorizes j; 9% faster there than the C tile). Everywhere else,
+    double on every CPU and float without AVX-512, GCC vectorizes that loop across
+    rows with shuffles and spills (2-5 GFLOP/s), so those take the vector-type tile
+    (MOCRO_TILE: 40-100 GFLOP/s)."""
     cdef floating acc[MR * NR_F32]
     cdef floating a_ip
     cdef Py_ssize_t i, j, p, NR = _nr(a)
