@@ -10,9 +10,9 @@ Both peers train exactly what mocrograd trains (see ``mocrograd.train.fit``):
   ``l2 * sum(W**2)`` over the weight matrices (not the biases);
 * plain SGD, ``p -= lr * grad``. Nobody computes the penalty's value, which is never
   reported; each adds only its gradient ``2 * l2 * W``, in its cheapest form: mocrograd
-  starts each weight's gradient at it (``nn.init_gradients``), PyTorch uses
-  ``SGD(weight_decay=2 * l2)`` on the weights alone (a parameter group; the biases get
-  none), which adds it inside the update, and the hand-written NumPy backward adds it;
+  and PyTorch use ``SGD(weight_decay=2 * l2)`` on the weights alone (a parameter group;
+  the biases get none), which adds it inside the update, and the hand-written NumPy
+  backward adds it;
 * a training pass and a validation pass (no gradients) every epoch, reporting the
   same metrics (NLL without the penalty, accuracy).
 

@@ -36,8 +36,18 @@ PROTOCOL = {"normal": 1, "longer": 10, "bigger": 100}
 
 
 def make_optimizer(name, parameters, lr):
-    """'sgd' (plain, as the original) or 'adam'."""
+    """'sgd' (plain, as the original) or 'adam', over parameters or parameter groups."""
     return nn.SGD(parameters, lr=lr) if name == "sgd" else nn.Adam(parameters, lr=lr)
+
+
+def l2_groups(model, l2):
+    """The model's parameters as optimizer groups that apply ``l2_penalty(model, l2)``:
+    weight decay 2 * l2 (its gradient) on the weights, none on the biases."""
+    weights = nn.penalized_weights(model)
+    decayed = {id(w) for w in weights}
+    others = [p for p in model.parameters() if id(p) not in decayed]
+    groups = [{"params": weights, "weight_decay": 2.0 * l2}] if weights else []
+    return groups + ([{"params": others, "weight_decay": 0.0}] if others else [])
 
 
 def evaluate(model, loader, dist=None):
@@ -101,9 +111,11 @@ def fit(model, train, val, epochs=10, batch_size=32, lr=0.01, optimizer="sgd", l
     """Train ``model`` for ``epochs`` epochs; return one dict of metrics per epoch.
 
     The objective is the mean negative log-likelihood plus ``l2_penalty`` (alpha = l2),
-    whose gradient 2 * alpha * W is where each weight's gradient starts before the
-    backward pass (``nn.init_gradients``: one pass over the weights); the reported losses are the negative log-likelihood alone, so training and
-    validation losses compare directly. ``on_epoch(metrics)`` is called after each epoch.
+    whose gradient 2 * alpha * W the optimizer adds as weight decay on the weights
+    (``l2_groups``), inside its one pass over them; each backward pass writes the
+    gradients over the previous step's (``backward(accumulate=False)``), so no pass
+    zeroes them. The reported losses are the negative log-likelihood alone, so training
+    and validation losses compare directly. ``on_epoch(metrics)`` is called after each epoch.
 
     Reliability (see docs/reliability.md):
 
@@ -124,12 +136,11 @@ def fit(model, train, val, epochs=10, batch_size=32, lr=0.01, optimizer="sgd", l
     began = time.perf_counter()
     train_loader = DataLoader(train, batch_size) if dist is None else dist.loader(train, batch_size)
     val_loader = DataLoader(val, batch_size) if dist is None else dist.loader(val, batch_size, train=False)
-    opt = make_optimizer(optimizer, model.parameters(), lr)
+    opt = make_optimizer(optimizer, l2_groups(model, l2), lr)
     if dist is not None:   # rank 0's parameters on every rank; step() first sums the gradients over the ranks
         opt = dist.wrap(model, opt)
     parameters = model.parameters()
     names = [name for name, _ in model.named_parameters()]
-    weights = nn.penalized_weights(model)   # what the L2 term penalizes, taken once
     batches_per_epoch = len(train_loader)
     run_config = {"epochs": epochs, "batch_size": batch_size, "optimizer": optimizer, "l2": l2,
                   "train_examples": len(train), "val_examples": len(val)}
@@ -172,10 +183,7 @@ def fit(model, train, val, epochs=10, batch_size=32, lr=0.01, optimizer="sgd", l
             for batch, (x, y) in enumerate(bar if bar is not None else batches, start=first):
                 out = model(Tensor(x))
                 loss = nn.nll_loss(out, y)
-                # the gradients start as the L2 term's (zero for the biases), keeping their
-                # buffers: backward adds the loss's, giving the gradient of loss + l2_penalty
-                nn.init_gradients(parameters, weights, l2)
-                loss.backward()
+                loss.backward(accumulate=False)   # the L2 term's gradient: weight decay in opt.step()
                 if check_finite:
                     value = loss.item()
                     bad = (f"the loss is {value}" if not math.isfinite(value) else

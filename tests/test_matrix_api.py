@@ -410,6 +410,7 @@ SAME_SHAPE_CALLS = {
     "axpy_": lambda a, b: a.axpy_(1.0, b),
     "copy_": lambda a, b: a.copy_(b),
     "adam_": lambda a, b: a.adam_(b, a.copy(), a.copy(), 0.1, 0.9, 0.99, 1e-8, 0.1, 0.01),
+    "sgd_": lambda a, b: a.sgd_(b, 0.1, weight_decay=0.01),
 }
 
 
@@ -422,12 +423,21 @@ def test_operands_must_have_the_same_shape_and_dtype(name):
         call(a, Matrix.zeros(*A, dtype=np.float64))
 
 
-@pytest.mark.parametrize("name", ["axpy_", "copy_", "adam_"])
+@pytest.mark.parametrize("name", ["axpy_", "copy_", "adam_", "sgd_"])
 def test_in_place_updates_take_a_matrix_not_a_number(name):
     one = Matrix.zeros(1, 1)   # even where a number would fit the shape
     with pytest.raises(TypeError, match=rf"{name}: expected a Matrix of shape \(1, 1\), got float"):
         SAME_SHAPE_CALLS[name](one, 2.0)
     assert one.numpy()[0, 0] == 0.0
+
+
+def test_sgd_checks_its_velocity_before_changing_anything():
+    p = Matrix.full(2, 3, 1.0)
+    with pytest.raises(ValueError, match=r"sgd_: shapes \(2, 3\) and \(3, 2\) must be equal"):
+        p.sgd_(p.copy(), 0.1, velocity=Matrix.zeros(3, 2), momentum=0.9)
+    with pytest.raises(TypeError, match=r"sgd_: dtypes differ"):
+        p.sgd_(p.copy(), 0.1, velocity=Matrix.zeros(2, 3, dtype=np.float64), momentum=0.9)
+    np.testing.assert_array_equal(p.numpy(), np.ones((2, 3), dtype=np.float32))
 
 
 def test_adam_checks_every_moment():

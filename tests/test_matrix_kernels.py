@@ -395,6 +395,25 @@ def test_scale_fill_zero_copy_are_exact(backend, dtype, shape, rng):
     np.testing.assert_array_equal(m.numpy(), y * dtype(0.3))
 
 
+@pytest.mark.parametrize("momentum, weight_decay", [(None, 0.0), (None, 0.01), (0.9, 0.0), (0.9, 0.01)],
+                         ids=["plain", "decay", "momentum", "momentum+decay"])
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+def test_sgd_step_matches_the_formula(backend, dtype, shape, momentum, weight_decay, rng, assert_within):
+    p, g, v = (rng.standard_normal(shape).astype(dtype) for _ in range(3))
+    mp, mv = Matrix(p.copy()), Matrix(v.copy())
+    velocity = None if momentum is None else mv
+    assert mp.sgd_(Matrix(g), 0.1, weight_decay=weight_decay, velocity=velocity, momentum=momentum or 0.0) is mp
+    d = f64(g) + weight_decay * f64(p)
+    if momentum is not None:
+        d = momentum * f64(v) + d
+        # velocity: two or three roundings (and the constants' own) of O(1) values
+        assert_within(mv, d, 4 * eps(dtype) * (np.abs(f64(v)) + np.abs(f64(g)) + np.abs(f64(p))), "velocity")
+    else:
+        np.testing.assert_array_equal(mv.numpy(), v)   # no velocity given: nothing else is touched
+    # p - lr * d: at most five roundings on terms no larger than |p| + |d|
+    assert_within(mp, f64(p) - 0.1 * d, 6 * eps(dtype) * (np.abs(f64(p)) + np.abs(d) + np.abs(f64(g))), "p")
+
+
 def adam_oracle(p, g, m, v, lr, b1, b2, eps_, c1, c2, wd):
     g = g + wd * p
     m = b1 * m + (1 - b1) * g
@@ -454,6 +473,12 @@ def adam_step(t):
     return np.concatenate([p.numpy(), m.numpy(), v.numpy()])
 
 
+def sgd_step(t):
+    p, v = t.x.copy(), t.v.copy()
+    p.sgd_(t.y, 0.01, weight_decay=0.01, velocity=v, momentum=0.9)
+    return np.concatenate([p.numpy(), v.numpy()])
+
+
 KERNELS = {
     "matmul": lambda t: t.a @ t.b,
     "matmul_TN": lambda t: t.at.matmul(t.b, trans_a=True),
@@ -492,6 +517,8 @@ KERNELS = {
     "fill_": lambda t: t.x.copy().fill_(0.3),
     "copy_": lambda t: t.x.copy().copy_(t.y),
     "adam_": adam_step,
+    "sgd_": sgd_step,
+    "sgd_plain": lambda t: t.x.copy().sgd_(t.y, 0.01),
 }
 
 

@@ -6,6 +6,7 @@ import pytest
 import mocrograd as mg
 from mocrograd import Matrix, Tensor, gradcheck, nn
 from mocrograd.data import DataLoader, load_digits
+from mocrograd.train import l2_groups, make_optimizer
 
 
 def np_log_softmax(x, axis=0):
@@ -269,31 +270,33 @@ def test_l2_penalty_of_a_list_penalizes_every_tensor_given():
     assert nn.l2_penalty([layer.bias], alpha=0.5).item() == pytest.approx(0.5 * 18.0)
 
 
+def seeded_mlp():
+    mg.manual_seed(0)
+    return nn.MLP([4, 5, 3])
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 @pytest.mark.parametrize("alpha", [0.0, 0.1])
-def test_init_gradients_then_backward_is_zero_grad_then_backward_of_loss_plus_penalty(alpha):
-    mg.manual_seed(0)
+def test_fit_step_is_a_step_on_loss_plus_l2_penalty(optimizer, alpha, each_backend):
+    """What fit does (weight decay 2 alpha on the weights, gradients written over
+    stale ones) equals the textbook step: zero_grad, backward of loss + l2_penalty, step."""
     x, y = Tensor(Matrix.rand(4, 6, seed=1)), np.array([0, 1, 2, 0, 1, 2])
-    model = nn.MLP([4, 5, 3])
-    weights = nn.penalized_weights(model)
-    nn.nll_loss(model(x), y).backward()          # stale gradients that must not survive
-    model.zero_grad(set_to_none=False)
-    penalty = nn.l2_penalty(weights, alpha)
-    (nn.nll_loss(model(x), y) + (penalty if penalty is not None else 0.0)).backward()
-    expected = {name: p.grad.numpy().copy() for name, p in model.named_parameters()}
-    buffers = [p.grad.data for p in model.parameters()]
-    nn.init_gradients(model.parameters(), weights, alpha)
-    nn.nll_loss(model(x), y).backward()
-    for name, p in model.named_parameters():
-        np.testing.assert_allclose(p.grad.numpy(), expected[name], rtol=1e-5, atol=1e-7, err_msg=name)
-    assert all(p.grad.data is buffer for p, buffer in zip(model.parameters(), buffers))   # no new buffers
-
-
-def test_init_gradients_creates_missing_buffers_as_zeros_or_the_penalty_gradient():
-    mg.manual_seed(0)
-    layer = nn.Linear(3, 2)
-    nn.init_gradients(layer.parameters(), [layer.weight], 0.5)
-    np.testing.assert_array_equal(layer.weight.grad.numpy(), layer.weight.numpy() * np.float32(1.0))
-    np.testing.assert_array_equal(layer.bias.grad.numpy(), np.zeros((2, 1), np.float32))
+    textbook, fitted = seeded_mlp(), seeded_mlp()
+    plain = make_optimizer(optimizer, textbook.parameters(), 0.1)
+    grouped = make_optimizer(optimizer, l2_groups(fitted, alpha), 0.1)
+    assert [g["weight_decay"] for g in grouped.param_groups] == [2 * alpha, 0.0]
+    nn.nll_loss(fitted(x), y).backward()              # stale gradients that must not survive
+    buffers = [p.grad.data for p in fitted.parameters()]
+    for _ in range(3):
+        penalty = nn.l2_penalty(textbook, alpha)
+        plain.zero_grad()
+        (nn.nll_loss(textbook(x), y) + (penalty if penalty is not None else 0.0)).backward()
+        plain.step()
+        nn.nll_loss(fitted(x), y).backward(accumulate=False)
+        grouped.step()
+    for (name, a), b in zip(textbook.named_parameters(), fitted.parameters()):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=2e-6, atol=1e-7, err_msg=name)
+    assert all(p.grad.data is buffer for p, buffer in zip(fitted.parameters(), buffers))   # no new buffers
 
 
 def test_accuracy():
@@ -363,6 +366,69 @@ def test_adam_matches_numpy_over_three_steps(weight_decay, dtype, each_backend):
     np.testing.assert_allclose(got, numpy_adam(**settings), rtol=tolerance, atol=tolerance)
 
 
+@pytest.mark.parametrize("make", [lambda groups: nn.SGD(groups, lr=0.05, momentum=0.9),
+                                  lambda groups: nn.Adam(groups, lr=0.01)], ids=["sgd", "adam"])
+def test_parameter_groups_step_as_separate_optimizers(make, each_backend):
+    """Each group's settings apply to its parameters only: one optimizer over two groups
+    moves them exactly as two optimizers with those settings would."""
+    rng = np.random.default_rng(1)
+    start = [rng.standard_normal((3, 4)), rng.standard_normal((3, 1))]
+    grads = [[rng.standard_normal(s.shape) for s in start] for _ in range(3)]
+    together = [Tensor(s.copy(), requires_grad=True, dtype=np.float64) for s in start]
+    apart = [Tensor(s.copy(), requires_grad=True, dtype=np.float64) for s in start]
+    one = make([{"params": [together[0]], "weight_decay": 0.1, "lr": 0.02}, {"params": [together[1]]}])
+    two = [make([{"params": [apart[0]], "weight_decay": 0.1, "lr": 0.02}]), make([apart[1]])]
+    for step in grads:
+        for t, u, g in zip(together, apart, step):
+            t.grad, u.grad = Tensor(g.copy(), dtype=np.float64), Tensor(g.copy(), dtype=np.float64)
+        one.step()
+        for opt in two:
+            opt.step()
+    for t, u in zip(together, apart):
+        np.testing.assert_array_equal(t.numpy(), u.numpy())
+    assert one.param_groups[0]["lr"] == 0.02 and one.param_groups[1]["lr"] == one.defaults["lr"]
+    assert one.params == together
+
+
+def test_parameter_groups_are_checked():
+    w, b = Tensor(np.ones((2, 2)), requires_grad=True), Tensor(np.ones((2, 1)), requires_grad=True)
+    with pytest.raises(ValueError, match=r"group 0: unknown settings \['nesterov'\]"):
+        nn.SGD([{"params": [w], "nesterov": True}], lr=0.1)
+    with pytest.raises(ValueError, match="group 1: a parameter .* is in more than one group"):
+        nn.SGD([{"params": [w, b]}, {"params": [w]}], lr=0.1)
+    with pytest.raises(ValueError, match="group 1 has no parameters"):
+        nn.SGD([{"params": [w]}, {"params": []}], lr=0.1)
+    with pytest.raises(ValueError, match="momentum and weight_decay must be >= 0"):
+        nn.SGD([{"params": [w], "weight_decay": -1.0}], lr=0.1)
+    with pytest.raises(TypeError, match="either parameters or parameter groups"):
+        nn.SGD([w, {"params": [b]}], lr=0.1)
+    opt = nn.SGD([{"params": [w], "lr": 0.5}, {"params": [b]}], lr=0.1)
+    with pytest.raises(ValueError, match="different learning rates"):
+        opt.lr
+    opt.lr = 0.2      # a schedule sets every group
+    assert opt.lr == 0.2 and [g["lr"] for g in opt.param_groups] == [0.2, 0.2]
+
+
+def test_optimizer_state_keeps_each_groups_settings():
+    w, b = Tensor(np.ones((2, 2)), requires_grad=True), Tensor(np.ones((2, 1)), requires_grad=True)
+    source = nn.SGD([{"params": [w], "weight_decay": 0.1}, {"params": [b], "lr": 0.3}], lr=0.1, momentum=0.9)
+    state = source.state_dict()
+    assert state["param_groups"] == [{"params": 1, "lr": 0.1, "momentum": 0.9, "weight_decay": 0.1},
+                                     {"params": 1, "lr": 0.3, "momentum": 0.9, "weight_decay": 0.0}]
+    target = nn.SGD([{"params": [w]}, {"params": [b]}], lr=0.1)
+    target.load_state_dict(state)
+    assert [g["weight_decay"] for g in target.param_groups] == [0.1, 0.0] and target.momentum == 0.9
+    regrouped = nn.SGD([w, b], lr=0.1)   # one group of two: does not fit, and nothing changes
+    with pytest.raises(ValueError, match=r"param_groups: expected 1 groups, got 2"):
+        regrouped.load_state_dict(state)
+    assert regrouped.param_groups[0]["momentum"] == 0.0
+    flat = {key: value for key, value in state.items() if key != "param_groups"}   # one group, no groups list
+    with pytest.raises(ValueError, match="no param_groups"):
+        target.load_state_dict(flat)
+    regrouped.load_state_dict(dict(flat, velocity=[None, None]))
+    assert regrouped.param_groups[0]["momentum"] == 0.9
+
+
 def test_optimizers_skip_parameters_without_a_gradient():
     p = Tensor(START.copy(), requires_grad=True, dtype=np.float64)
     for optimizer in (nn.SGD([p], lr=0.1, momentum=0.9), nn.Adam([p])):
@@ -419,23 +485,32 @@ def test_backends_train_to_the_same_losses():
     np.testing.assert_allclose(training_losses("dynamic", None), naive, rtol=1e-4)
 
 
+@pytest.mark.parametrize("loop", ["textbook", "fit"])
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_bigger_training_steps_reuse_their_large_buffers(optimizer):
+def test_bigger_training_steps_reuse_their_large_buffers(optimizer, loop):
     """After the first step (which creates the gradient buffers and the optimizer
     state), a step of the Bigger network allocates no new buffer of 16 MiB or more:
-    gradients accumulate in place, Adam's moments are updated in place. (Activations
-    at batch 32 are at most 8192 x 32 floats, 1 MiB, and are made anew each step.)"""
+    gradients are written in place, Adam's moments are updated in place. (Activations
+    at batch 32 are at most 8192 x 32 floats, 1 MiB, and are made anew each step.)
+    textbook: zero_grad(set_to_none=False), backward of loss + l2_penalty, step (with
+    momentum for SGD); fit: fit's own step (weight decay, backward(accumulate=False))."""
     mg.manual_seed(0)
     model = nn.Bigger()
-    parameters = model.parameters()
-    opt = nn.SGD(parameters, lr=0.01, momentum=0.9) if optimizer == "sgd" else nn.Adam(parameters, lr=1e-3)
+    if loop == "fit":
+        opt = make_optimizer(optimizer, l2_groups(model, 1e-4), 0.01)
+    else:
+        parameters = model.parameters()
+        opt = nn.SGD(parameters, lr=0.01, momentum=0.9) if optimizer == "sgd" else nn.Adam(parameters, lr=1e-3)
     train, _ = load_digits(40)
     x, y = next(iter(DataLoader(train, batch_size=32)))
     counts = [mg.large_allocations()]
     for _ in range(3):
-        loss = nn.nll_loss(model(Tensor(x)), y) + nn.l2_penalty(model, alpha=1e-4)
-        opt.zero_grad(set_to_none=False)
-        loss.backward()
+        if loop == "fit":
+            nn.nll_loss(model(Tensor(x)), y).backward(accumulate=False)
+        else:
+            loss = nn.nll_loss(model(Tensor(x)), y) + nn.l2_penalty(model, alpha=1e-4)
+            opt.zero_grad(set_to_none=False)
+            loss.backward()
         opt.step()
         counts.append(mg.large_allocations())
     assert counts[1] > counts[0]      # the first step allocated gradients (and state): the counter sees it

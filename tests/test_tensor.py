@@ -236,6 +236,50 @@ def test_fused_linear_gradients_accumulate_across_backward_calls():
     assert x.grad is None
 
 
+def reused_weight_graph(w, b, other, x):
+    """A loss in which w reaches the output three ways: a fused linear layer (whose
+    rule writes w's gradient buffer directly), sum_squares (the same) and a product
+    (whose gradient arrives through the graph); ``other`` is a leaf it never uses."""
+    return (mg.linear(x, w, b, relu=True).sum() + w.sum_squares() * 0.5 + (w * w).sum()) * 2
+
+
+@pytest.mark.parametrize("stale", [False, True], ids=["first-pass", "stale-gradients"])
+def test_backward_without_accumulate_replaces_gradients_in_their_buffers(stale, each_backend):
+    rng = np.random.default_rng(3)
+    w, b, other = (Tensor(rng.standard_normal(s), requires_grad=True, dtype=np.float64)
+                   for s in ((3, 4), (3, 1), (2, 2)))
+    x = Tensor(rng.standard_normal((4, 5)), dtype=np.float64)
+    if stale:   # garbage in every buffer, as a previous step leaves it
+        for t in (w, b, other):
+            t.grad = Tensor(rng.standard_normal(t.shape) * 1e3, dtype=np.float64)
+    buffers = {name: t.grad.data if t.grad is not None else None for name, t in zip("wbo", (w, b, other))}
+    before_other = None if other.grad is None else other.grad.numpy().copy()
+    reused_weight_graph(w, b, other, x).backward(accumulate=False)
+
+    w2, b2 = (Tensor(t.numpy().copy(), requires_grad=True, dtype=np.float64) for t in (w, b))
+    reused_weight_graph(w2, b2, None, x).backward()     # the oracle: fresh zero gradients
+    np.testing.assert_allclose(w.grad.numpy(), w2.grad.numpy(), rtol=1e-13)
+    np.testing.assert_allclose(b.grad.numpy(), b2.grad.numpy(), rtol=1e-13)
+    if stale:   # the same buffers were written over; a leaf the pass never reached kept its gradient
+        assert w.grad.data is buffers["w"] and b.grad.data is buffers["b"]
+        np.testing.assert_array_equal(other.grad.numpy(), before_other)
+    else:
+        assert other.grad is None
+
+    reused_weight_graph(w, b, other, x).backward()      # the default still accumulates
+    np.testing.assert_allclose(w.grad.numpy(), 2 * w2.grad.numpy(), rtol=1e-13)
+
+
+def test_a_failed_backward_without_accumulate_leaves_later_passes_accumulating():
+    x = Tensor([[1.0, 2.0]], requires_grad=True)
+    y = (x * 3).sum()
+    y.backward()
+    with pytest.raises(RuntimeError, match="already freed"):
+        y.backward(accumulate=False)
+    (x * 3).sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), [[6, 6]])
+
+
 def test_fused_linear_takes_a_matrix_batch_of_the_same_dtype():
     w, b = Tensor([[1.0, 2.0]], requires_grad=True), Tensor([[0.5]], requires_grad=True)
     np.testing.assert_array_equal(mg.linear(Matrix([[3.0], [4.0]]), w, b).numpy(), [[11.5]])

@@ -45,6 +45,13 @@ cdef void scale(double alpha, floating[:, ::1] y, int workers) noexcept nogil
 cdef void fill(double value, floating[:, ::1] y, int workers) noexcept nogil
 cdef void copy(double alpha, const floating[:, ::1] x, floating[:, ::1] y, int workers) noexcept nogil
 
+# One SGD step on every element: d = g + weight_decay * p (just g when weight_decay
+# is 0); with velocity (use_velocity), v = momentum * v + d and d = v; then
+# p -= lr * d. v is neither read nor written without use_velocity. One pass over
+# p, g (and v): weight decay costs no extra pass over the parameters.
+cdef void sgd(floating[:, ::1] p, const floating[:, ::1] g, floating[:, ::1] v, bint use_velocity,
+              double lr, double momentum, double weight_decay, int workers) noexcept nogil
+
 # One Adam step on every element: g' = g + weight_decay * p; m = b1 m + (1 - b1) g';
 # v = b2 v + (1 - b2) g'^2; p -= lr / c1 * m / (sqrt(v / c2) + eps), c1 and c2 being
 # the bias corrections 1 - b1^t and 1 - b2^t.

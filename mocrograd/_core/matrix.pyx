@@ -167,6 +167,14 @@ cdef void _update(int kind, double alpha, const floating[:, ::1] x, floating[:, 
         optimized.copy(alpha, x, y, w)
 
 
+cdef void _sgd(floating[:, ::1] p, const floating[:, ::1] g, floating[:, ::1] v, bint use_velocity,
+               double lr, double momentum, double wd) noexcept nogil:
+    if _variant == NAIVE:
+        naive.sgd(p, g, v, use_velocity, lr, momentum, wd, 1)
+    else:   # 2-4 streams: about an axpy's cost per element
+        optimized.sgd(p, g, v, use_velocity, lr, momentum, wd, _workers_for_elements(p.shape[0] * p.shape[1]))
+
+
 cdef void _adam(floating[:, ::1] p, const floating[:, ::1] g, floating[:, ::1] m, floating[:, ::1] v,
                 double lr, double b1, double b2, double eps, double c1, double c2, double wd) noexcept nogil:
     if _variant == NAIVE:
@@ -731,6 +739,21 @@ cdef class Matrix:
     def zero_(self):
         """Set every element to 0."""
         return self._update_op(2, 0.0, None)
+
+    def sgd_(self, grad, double lr, double weight_decay=0.0, velocity=None, double momentum=0.0):
+        """One SGD step on self (the parameter) in place, in one pass: self -= lr * d with
+        d = grad + weight_decay * self; with ``velocity`` (a buffer of self's shape, updated
+        in place, zeros before the first step) d is first folded into it as
+        velocity = momentum * velocity + d, and the step takes velocity (PyTorch's SGD)."""
+        cdef Matrix g = _operand_of_update(self, grad, "sgd_")
+        cdef Matrix v = self if velocity is None else _operand_of_update(self, velocity, "sgd_")
+        cdef bint use_velocity = velocity is not None
+        with nogil:
+            if self.is64:
+                _sgd(self.f64, g.f64, v.f64, use_velocity, lr, momentum, weight_decay)
+            else:
+                _sgd(self.f32, g.f32, v.f32, use_velocity, lr, momentum, weight_decay)
+        return self
 
     def adam_(self, grad, m, v, double lr, double beta1, double beta2, double eps,
               double correction1, double correction2, double weight_decay=0.0):

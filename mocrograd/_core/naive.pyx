@@ -195,6 +195,19 @@ cdef void copy(double alpha, const floating[:, ::1] x, floating[:, ::1] y, int w
             y[i, j] = a * x[i, j]
 
 
+cdef void sgd(floating[:, ::1] p, const floating[:, ::1] g, floating[:, ::1] v, bint use_velocity,
+              double lr, double momentum, double weight_decay, int workers) noexcept nogil:
+    cdef Py_ssize_t i, j
+    cdef floating d, rate = <floating>lr, mu = <floating>momentum, wd = <floating>weight_decay
+    for i in range(p.shape[0]):
+        for j in range(p.shape[1]):
+            d = g[i, j] + wd * p[i, j] if weight_decay != 0 else g[i, j]
+            if use_velocity:
+                v[i, j] = mu * v[i, j] + d
+                d = v[i, j]
+            p[i, j] = p[i, j] - rate * d
+
+
 cdef void adam(floating[:, ::1] p, const floating[:, ::1] g, floating[:, ::1] m, floating[:, ::1] v,
                double lr, double beta1, double beta2, double eps, double correction1, double correction2,
                double weight_decay, int workers) noexcept nogil:

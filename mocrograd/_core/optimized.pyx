@@ -959,6 +959,42 @@ cdef void copy(double alpha, const floating[:, ::1] x, floating[:, ::1] y, int w
         _update(3, alpha, &x[0, 0], y, workers)
 
 
+cdef inline void _sgd_run(floating* p, const floating* g, floating* v, Py_ssize_t n, bint use_velocity,
+                          floating lr, floating momentum, floating weight_decay) noexcept nogil:
+    # four loops without branches inside, so each vectorizes
+    cdef Py_ssize_t j
+    cdef floating d
+    if not use_velocity and weight_decay == 0:
+        for j in range(n):
+            p[j] = p[j] - lr * g[j]
+    elif not use_velocity:
+        for j in range(n):
+            p[j] = p[j] - lr * (g[j] + weight_decay * p[j])
+    elif weight_decay == 0:
+        for j in range(n):
+            v[j] = momentum * v[j] + g[j]
+            p[j] = p[j] - lr * v[j]
+    else:
+        for j in range(n):
+            d = g[j] + weight_decay * p[j]
+            v[j] = momentum * v[j] + d
+            p[j] = p[j] - lr * v[j]
+
+
+cdef void sgd(floating[:, ::1] p, const floating[:, ::1] g, floating[:, ::1] v, bint use_velocity,
+              double lr, double momentum, double weight_decay, int workers) noexcept nogil:
+    cdef Py_ssize_t size = p.shape[0] * p.shape[1], lo, hi
+    cdef int chunk
+    if size == 0:
+        return
+    for chunk in prange(workers, nogil=True, num_threads=threads_for(workers), schedule='static'):
+        lo = (size * chunk) // workers
+        hi = (size * (chunk + 1)) // workers
+        if hi > lo:
+            _sgd_run(&p[0, 0] + lo, &g[0, 0] + lo, &v[0, 0] + lo, hi - lo, use_velocity,
+                     <floating>lr, <floating>momentum, <floating>weight_decay)
+
+
 cdef inline void _adam_run(floating* p, const floating* g, floating* m, floating* v, Py_ssize_t n,
                            floating lr, floating beta1, floating beta2, floating eps,
                            floating correction2, floating weight_decay) noexcept nogil:

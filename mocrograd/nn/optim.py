@@ -5,19 +5,82 @@ import numbers
 import numpy as np
 
 from .._core import Matrix
-from ..tensor import no_grad
+from ..tensor import Tensor, no_grad
 
 
 class Optimizer:
-    """Holds the parameters; ``zero_grad()`` clears their gradients, ``step()`` updates them."""
+    """Holds the parameters; ``zero_grad()`` clears their gradients, ``step()`` updates them.
 
-    def __init__(self, params, lr):
-        self.params = list(params)
-        if not self.params:
+    ``params`` is an iterable of Tensors, or of parameter groups as in PyTorch: dicts
+    with ``"params"`` (Tensors) and any of the optimizer's hyperparameters, which then
+    apply to that group only (the others come from the constructor's arguments). For
+    example weight decay on the weights but not on the biases::
+
+        SGD([{"params": weights, "weight_decay": 2e-4}, {"params": biases}], lr=0.01)
+
+    ``param_groups`` holds each group's settings; ``params`` all the parameters, in order.
+    """
+
+    def __init__(self, params, defaults):
+        groups = list(params)
+        if not groups:
             raise ValueError("the optimizer got an empty parameter list")
-        if not lr > 0:
+        if not all(isinstance(g, dict) for g in groups):
+            if any(isinstance(g, dict) for g in groups):
+                raise TypeError("pass either parameters or parameter groups (dicts), not both")
+            groups = [{"params": groups}]
+        self.defaults = dict(defaults)
+        self._check_hyper(self.defaults)
+        self.param_groups, seen = [], set()
+        for i, group in enumerate(groups):
+            unknown = set(group) - {"params"} - set(defaults)
+            if "params" not in group or unknown:
+                raise ValueError(f"parameter group {i}: " + (f"unknown settings {sorted(unknown)} (this optimizer "
+                                 f"has {sorted(defaults)})" if unknown else "no 'params'"))
+            members = [group["params"]] if isinstance(group["params"], Tensor) else list(group["params"])
+            if not members:
+                raise ValueError(f"parameter group {i} has no parameters")
+            for p in members:
+                if not isinstance(p, Tensor):
+                    raise TypeError(f"parameter group {i}: expected Tensors, got {type(p).__name__}")
+                if id(p) in seen:
+                    raise ValueError(f"parameter group {i}: a parameter (shape {p.shape}) is in more than one group")
+                seen.add(id(p))
+            settings = {**self.defaults, **{k: v for k, v in group.items() if k != "params"}}
+            self._check_hyper(settings)
+            self.param_groups.append({"params": members, **settings})
+        self.params = [p for group in self.param_groups for p in group["params"]]
+
+    @property
+    def lr(self):
+        """The learning rate (that of every group; ValueError when the groups differ)."""
+        rates = {group["lr"] for group in self.param_groups}
+        if len(rates) > 1:
+            raise ValueError(f"the parameter groups have different learning rates {sorted(rates)}: "
+                             "read them from param_groups")
+        return rates.pop()
+
+    @lr.setter
+    def lr(self, value):
+        """Set the learning rate of every group (a schedule's step)."""
+        self._check_hyper(dict(self.defaults, lr=value))
+        self.defaults["lr"] = value
+        for group in self.param_groups:
+            group["lr"] = value
+
+    def _check_hyper(self, settings):
+        """ValueError unless ``settings`` are valid hyperparameters (each optimizer adds its own rules)."""
+        lr = settings["lr"]
+        if not isinstance(lr, numbers.Real) or not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr}")
-        self.lr = lr
+
+    def _each(self):
+        """(index in params, parameter, its group) for every parameter, in order."""
+        i = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                yield i, p, group
+                i += 1
 
     def zero_grad(self, set_to_none=True):
         """Clear gradients: to None (default, as in PyTorch) or to zeros keeping the buffers."""
@@ -30,32 +93,81 @@ class Optimizer:
     def step(self):
         raise NotImplementedError
 
+    # ------------------------------------------------------------- state
+    # Each optimizer names its hyperparameters (HYPER), its per-parameter buffers
+    # (BUFFERS, lists aligned with params) and any other state (EXTRA, e.g. Adam's steps).
+    HYPER = ("lr",)
+    BUFFERS = ()
+    EXTRA = ()
+
     def state_dict(self):
-        """The state as plain numbers and NumPy arrays (copies): hyperparameters and one
+        """The state as plain numbers, lists and NumPy arrays (copies): the constructor's
+        hyperparameters, ``param_groups`` (each group's size and hyperparameters) and one
         buffer (or None, before the first step) per parameter, in ``params`` order."""
-        raise NotImplementedError(f"{type(self).__name__} does not define state_dict()")
+        state = {"type": type(self).__name__, **_plain(self.defaults, self.HYPER),
+                 **{key: getattr(self, key) for key in self.EXTRA},
+                 "param_groups": [{"params": len(g["params"]), **_plain(g, self.HYPER)} for g in self.param_groups]}
+        for key in self.BUFFERS:
+            state[key] = [None if b is None else b.numpy().copy() for b in getattr(self, key)]
+        return state
 
     def load_state_dict(self, state):
         """Restore a ``state_dict()``. Everything is checked before anything is assigned,
-        so a bad state (wrong type, count, shape or dtype) leaves the optimizer untouched."""
-        raise NotImplementedError(f"{type(self).__name__} does not define load_state_dict()")
+        so a bad state (wrong type, count, shape or dtype) leaves the optimizer untouched.
+        A state without ``param_groups`` (one group: mocrograd before groups) fits an
+        optimizer of one group only."""
+        self._check_state(state)
+        groups = state.get("param_groups")
+        if groups is None:
+            if len(self.param_groups) != 1:
+                raise ValueError(f"the state has no param_groups (one group), this optimizer has "
+                                 f"{len(self.param_groups)}")
+            groups = [{"params": len(self.params), **{key: state[key] for key in self.HYPER}}]
+        if not isinstance(groups, (list, tuple)) or len(groups) != len(self.param_groups):
+            count = len(groups) if isinstance(groups, (list, tuple)) else type(groups).__name__
+            raise ValueError(f"param_groups: expected {len(self.param_groups)} groups, got {count}")
+        for i, (saved, group) in enumerate(zip(groups, self.param_groups)):
+            if not isinstance(saved, dict) or saved.get("params") != len(group["params"]):
+                size = saved.get("params") if isinstance(saved, dict) else type(saved).__name__
+                raise ValueError(f"param_groups[{i}]: expected a group of {len(group['params'])} parameters, "
+                                 f"got {size!r}")
+            self._check_numbers(saved, f"param_groups[{i}]")
+        buffers = {key: self._check_buffers(state, key) for key in self.BUFFERS}
+        self._check_consistent(state, buffers)
+        # all checked: assign
+        self.defaults.update(_plain(state, self.HYPER))
+        for saved, group in zip(groups, self.param_groups):
+            group.update(_plain(saved, self.HYPER))
+        for key in self.EXTRA:
+            setattr(self, key, int(state[key]))
+        for key, values in buffers.items():
+            setattr(self, key, [None if b is None else Matrix(np.array(b, copy=True)) for b in values])
 
-    def _check_state(self, state, hyper):
-        """state (a dict) checked for this optimizer's type and the ``hyper`` keys, each a finite number."""
+    def _check_state(self, state):
+        """state (a dict) checked for this optimizer's type and its hyperparameters."""
         if not isinstance(state, dict):
             raise TypeError(f"an optimizer state must be a dict, got {type(state).__name__}")
         kind = state.get("type")
         if kind != type(self).__name__:
             raise ValueError(f"the state is for a {kind} optimizer, this one is {type(self).__name__}")
-        for key in hyper:
+        self._check_numbers(state, f"the {kind} state")
+        for key in self.EXTRA:
             if key not in state:
                 raise KeyError(f"the {kind} state has no {key!r}")
-            values = state[key] if key == "betas" else [state[key]]
+
+    def _check_numbers(self, settings, where):
+        """settings holds every HYPER key, each finite numbers that _check_hyper accepts."""
+        for key in self.HYPER:
+            if key not in settings:
+                raise KeyError(f"{where} has no {key!r}")
+            values = settings[key] if key == "betas" else [settings[key]]
             if not isinstance(values, (list, tuple)) or not all(
                     isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in values):
-                raise ValueError(f"{key} must be finite numbers, got {state[key]!r}")
-        if not state["lr"] > 0:
-            raise ValueError(f"lr must be > 0, got {state['lr']}")
+                raise ValueError(f"{key} must be finite numbers, got {settings[key]!r}")
+        self._check_hyper(_plain(settings, self.HYPER))
+
+    def _check_consistent(self, state, buffers):
+        """Further checks of a state (its EXTRA values, buffers that go together)."""
 
     def _check_buffers(self, state, key):
         """state[key]: one array (or None) per parameter, each of its parameter's shape and dtype."""
@@ -79,98 +191,99 @@ class Optimizer:
             checked.append(value)
         return checked
 
-    @staticmethod
-    def _export(buffers):
-        return [None if b is None else b.numpy().copy() for b in buffers]
 
-    @staticmethod
-    def _import(buffers):
-        return [None if b is None else Matrix(np.array(b, copy=True)) for b in buffers]
+def _plain(settings, keys):
+    """The hyperparameters ``keys`` of settings as plain JSON-ready values (betas: a list)."""
+    return {key: list(settings[key]) if key == "betas" else settings[key] for key in keys}
 
 
 class SGD(Optimizer):
-    """p -= lr * (g + weight_decay * p), with optional momentum: v = momentum * v + g'."""
+    """p -= lr * (g + weight_decay * p), with optional momentum: v = momentum * v + g', p -= lr * v.
+
+    Each step is one compiled pass over p and its gradient (and velocity): weight
+    decay costs no extra pass, which is how ``fit`` applies its L2 term."""
+
+    HYPER = ("lr", "momentum", "weight_decay")
+    BUFFERS = ("velocity",)
 
     def __init__(self, params, lr, momentum=0.0, weight_decay=0.0):
-        super().__init__(params, lr)
-        if momentum < 0 or weight_decay < 0:
-            raise ValueError(f"momentum and weight_decay must be >= 0, got {momentum} and {weight_decay}")
-        self.momentum, self.weight_decay = momentum, weight_decay
+        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
         self.velocity = [None] * len(self.params)
+
+    def _check_hyper(self, settings):
+        super()._check_hyper(settings)
+        if not settings["momentum"] >= 0 or not settings["weight_decay"] >= 0:
+            raise ValueError(f"momentum and weight_decay must be >= 0, got {settings['momentum']} "
+                             f"and {settings['weight_decay']}")
+
+    @property
+    def momentum(self):
+        return self.defaults["momentum"]
+
+    @property
+    def weight_decay(self):
+        return self.defaults["weight_decay"]
 
     @no_grad()
     def step(self):
-        for i, p in enumerate(self.params):
+        for i, p, group in self._each():
             if p.grad is None:
                 continue
-            g = p.grad.data
-            if self.weight_decay:
-                g = g.copy().axpy_(self.weight_decay, p.data)
-            if self.momentum:
-                if self.velocity[i] is None:
-                    self.velocity[i] = g.copy()
-                else:
-                    self.velocity[i].scale_(self.momentum).axpy_(1.0, g)
-                g = self.velocity[i]
-            p.data.axpy_(-self.lr, g)
-
-    def state_dict(self):
-        return {"type": type(self).__name__, "lr": self.lr, "momentum": self.momentum,
-                "weight_decay": self.weight_decay, "velocity": self._export(self.velocity)}
-
-    def load_state_dict(self, state):
-        self._check_state(state, ("lr", "momentum", "weight_decay"))
-        if state["momentum"] < 0 or state["weight_decay"] < 0:
-            raise ValueError(f"momentum and weight_decay must be >= 0, got {state['momentum']} "
-                             f"and {state['weight_decay']}")
-        velocity = self._check_buffers(state, "velocity")
-        self.lr, self.momentum, self.weight_decay = state["lr"], state["momentum"], state["weight_decay"]
-        self.velocity = self._import(velocity)
+            velocity = None
+            if group["momentum"]:
+                if self.velocity[i] is None:   # zeros: the first step makes it the gradient, as PyTorch's
+                    self.velocity[i] = Matrix.zeros(*p.shape, dtype=p.dtype)
+                velocity = self.velocity[i]
+            p.data.sgd_(p.grad.data, group["lr"], group["weight_decay"], velocity, group["momentum"])
 
 
 class Adam(Optimizer):
     """Adam (Kingma & Ba) with bias correction, as ``torch.optim.Adam``."""
 
+    HYPER = ("lr", "betas", "eps", "weight_decay")
+    BUFFERS = ("m", "v")
+    EXTRA = ("steps",)
+
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
-        super().__init__(params, lr)
-        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
-            raise ValueError(f"betas must lie in [0, 1), got {betas}")
-        self.betas, self.eps, self.weight_decay = tuple(betas), eps, weight_decay
+        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
         self.steps = 0
         self.m = [None] * len(self.params)
         self.v = [None] * len(self.params)
 
+    def _check_hyper(self, settings):
+        super()._check_hyper(settings)
+        betas = tuple(settings["betas"])
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {settings['betas']}")
+
+    @property
+    def betas(self):
+        return tuple(self.defaults["betas"])
+
+    @property
+    def eps(self):
+        return self.defaults["eps"]
+
+    @property
+    def weight_decay(self):
+        return self.defaults["weight_decay"]
+
     @no_grad()
     def step(self):
         self.steps += 1
-        b1, b2 = self.betas
-        correction1 = 1 - b1 ** self.steps
-        correction2 = 1 - b2 ** self.steps
-        for i, p in enumerate(self.params):
+        for i, p, group in self._each():
             if p.grad is None:
                 continue
+            b1, b2 = group["betas"]
             if self.m[i] is None:
                 self.m[i] = Matrix.zeros(*p.shape, dtype=p.dtype)
                 self.v[i] = Matrix.zeros(*p.shape, dtype=p.dtype)
-            p.data.adam_(p.grad.data, self.m[i], self.v[i], self.lr, b1, b2, self.eps,
-                         correction1, correction2, self.weight_decay)
+            p.data.adam_(p.grad.data, self.m[i], self.v[i], group["lr"], b1, b2, group["eps"],
+                         1 - b1 ** self.steps, 1 - b2 ** self.steps, group["weight_decay"])
 
-    def state_dict(self):
-        return {"type": type(self).__name__, "lr": self.lr, "betas": list(self.betas), "eps": self.eps,
-                "weight_decay": self.weight_decay, "steps": self.steps,
-                "m": self._export(self.m), "v": self._export(self.v)}
-
-    def load_state_dict(self, state):
-        self._check_state(state, ("lr", "betas", "eps", "weight_decay", "steps"))
-        betas = tuple(state["betas"])
-        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {state['betas']}")
+    def _check_consistent(self, state, buffers):
         steps = state["steps"]
-        if not isinstance(steps, (int, np.integer)) or steps < 0:
+        if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 0:
             raise ValueError(f"steps must be a whole number >= 0, got {steps!r}")
-        m, v = self._check_buffers(state, "m"), self._check_buffers(state, "v")
-        if any((a is None) != (b is None) for a, b in zip(m, v)):
+        if any((a is None) != (b is None) for a, b in zip(buffers["m"], buffers["v"])):
             raise ValueError("m and v must hold buffers for the same parameters")
-        self.lr, self.betas, self.eps = state["lr"], betas, state["eps"]
-        self.weight_decay, self.steps = state["weight_decay"], int(steps)
-        self.m, self.v = self._import(m), self._import(v)
