@@ -19,8 +19,8 @@ import pytest
 
 import mocrograd as mg
 from mocrograd import Matrix, Tensor, nn
-from mocrograd.checkpoint import (CheckpointError, atomic_write, load_training, read_checkpoint, read_metadata,
-                                  save_training)
+from mocrograd.checkpoint import (CheckpointError, atomic_write, load_model, load_training, read_checkpoint,
+                                  read_metadata, save_training)
 from mocrograd.data import load_digits
 from mocrograd.train import NonFiniteError, TrainingInterrupted, fit
 
@@ -353,6 +353,27 @@ def test_fit_stopped_and_resumed_is_bit_identical(tmp_path, digits, optimizer, s
     _, a = read_checkpoint(path)
     _, b = read_checkpoint(tmp_path / "full.npz")
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_resume_of_a_checkpoint_from_before_parameter_groups_is_refused(tmp_path, digits):
+    """A checkpoint whose optimizer state has no param_groups (written when fit used one
+    group and put the L2 term into the gradients) cannot continue under fit's two groups:
+    a CheckpointError before anything changes; its model still loads."""
+    train, val = digits
+    path = tmp_path / "old.npz"
+    model = normal(0)
+    opt = nn.SGD(model.parameters(), lr=0.05)
+    _train_steps(model, opt, 1)
+    save_training(path, model, opt, {"epoch": 1, "batch": 0, "history": [], "rng": {}})
+    meta, arrays = read_checkpoint(path)
+    del meta["optimizer"]["param_groups"]            # as the old format wrote it
+    np.savez(path, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
+    fresh = normal(3)
+    before = snapshot(fresh)
+    with pytest.raises(CheckpointError, match="no param_groups"):
+        fit(fresh, train, val, epochs=2, lr=0.05, resume=path)
+    assert_same_state(fresh.state_dict(), before)
+    assert_same_state(load_model(normal(4), path).state_dict(), model.state_dict())
 
 
 def test_resume_rejects_another_configuration(tmp_path, digits):
