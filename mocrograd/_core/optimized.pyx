@@ -121,8 +121,8 @@ cdef extern from *:
     MOCRO_TILE(mocro_narrow_tile_f64, double, MOCRO_HALF_NR_F64, 1)
 
     /* The thin kernels, for products at most 4 columns wide (one example, a batch
-       of 2: matrix-vector work), and W^T G products up to 16 (whose register tile
-       reads W down its columns). A register tile would leave most of its lanes
+       of 2: matrix-vector work; up to 8 with AVX-512, a batch of 8), and W^T G
+       products up to 16 (whose register tile reads W down its columns). A register tile would leave most of its lanes
        idle there; these run along the contiguous side of A instead, for J output
        columns at once (bt and b zero-padded to J), so each element of A is loaded
        once, and memory is the only limit.
@@ -176,11 +176,25 @@ cdef extern from *:
             for (p = 0; p < rows; p++)                                                 \
                 for (j = 0; j < J; j++) t[j * w + i] += a[p * lda + i] * b[p * J + j]; \
     }
-    /* (rows, columns) per call: (4, 4) for 2-4 columns, (8, 1) for a vector */
-    MOCRO_THIN_DOT(mocro_thin_dot4_f32, float, MOCRO_HALF_NR_F32, 4, 4)
-    MOCRO_THIN_DOT(mocro_thin_dot4_f64, double, MOCRO_HALF_NR_F64, 4, 4)
+    /* (rows, columns) per call: (8, 1) for a vector, (8, 4) for 2-4 columns, (5, 8)
+       for 5-8 (AVX-512 only: MOCRO_DOT8). More rows per call share each load of bt
+       (read from L2) among more rows of A; these counts measured fastest on Bigger's
+       layers (2-4 columns: 8 rows 13-27% faster than 4, with AVX-512 and with AVX2;
+       5-8 columns: 5 or 6 rows 21-36% faster than the narrow register tile, 7 or
+       more slower), though 32-40 sums spill out of registers. */
     MOCRO_THIN_DOT(mocro_thin_dot1_f32, float, MOCRO_HALF_NR_F32, 8, 1)
     MOCRO_THIN_DOT(mocro_thin_dot1_f64, double, MOCRO_HALF_NR_F64, 8, 1)
+    MOCRO_THIN_DOT(mocro_thin_dot4_f32, float, MOCRO_HALF_NR_F32, 8, 4)
+    MOCRO_THIN_DOT(mocro_thin_dot4_f64, double, MOCRO_HALF_NR_F64, 8, 4)
+    MOCRO_THIN_DOT(mocro_thin_dot8_f32, float, MOCRO_HALF_NR_F32, 5, 8)
+    MOCRO_THIN_DOT(mocro_thin_dot8_f64, double, MOCRO_HALF_NR_F64, 5, 8)
+    /* 5-8 columns take thin_dot only with AVX-512: with AVX2 the narrow register tile
+       (6 rows x 8 lanes, all of them used) ran 3x faster than it. */
+    #if defined(__AVX512F__)
+    #define MOCRO_DOT8 1
+    #else
+    #define MOCRO_DOT8 0
+    #endif
     MOCRO_THIN_AXPY(mocro_thin_axpy4_f32, float, MOCRO_HALF_NR_F32, 4)
     MOCRO_THIN_AXPY(mocro_thin_axpy4_f64, double, MOCRO_HALF_NR_F64, 4)
     MOCRO_THIN_AXPY(mocro_thin_axpy1_f32, float, MOCRO_HALF_NR_F32, 1)
@@ -189,12 +203,13 @@ cdef extern from *:
     MOCRO_THIN_AXPY(mocro_thin_axpy8_f64, double, MOCRO_HALF_NR_F64, 8)
     MOCRO_THIN_AXPY(mocro_thin_axpy16_f32, float, MOCRO_HALF_NR_F32, 16)
     MOCRO_THIN_AXPY(mocro_thin_axpy16_f64, double, MOCRO_HALF_NR_F64, 16)
-    /* One entry point per kernel and type: vector (n = 1) or not; J = 1, 4, 8 or 16. */
+    /* One entry point per kernel and type: J = 1, 4 or 8 columns (dot), 1, 4, 8 or 16 (axpy). */
     #define MOCRO_THIN_ENTRIES(SUF, T)                                                 \
-    static void mocro_thin_dot_##SUF(int vector, Py_ssize_t k, const T* a,             \
+    static void mocro_thin_dot_##SUF(Py_ssize_t J, Py_ssize_t k, const T* a,           \
                                      Py_ssize_t lda, const T* bt, T* sums) {           \
-        if (vector) mocro_thin_dot1_##SUF(k, a, lda, bt, sums);                        \
-        else mocro_thin_dot4_##SUF(k, a, lda, bt, sums);                               \
+        if (J == 1) mocro_thin_dot1_##SUF(k, a, lda, bt, sums);                        \
+        else if (J == 4) mocro_thin_dot4_##SUF(k, a, lda, bt, sums);                   \
+        else mocro_thin_dot8_##SUF(k, a, lda, bt, sums);                               \
     }                                                                                  \
     static void mocro_thin_axpy_##SUF(Py_ssize_t J, Py_ssize_t w, Py_ssize_t rows,     \
                                       const T* a, Py_ssize_t lda, const T* b, T* t) {  \
@@ -213,6 +228,7 @@ cdef extern from *:
         HALF_NR_F32 "MOCRO_HALF_NR_F32"
     float MOCRO_FMAF(float a, float b, float c) noexcept nogil
     bint PLAIN_FLOAT_TILE "MOCRO_PLAIN_FLOAT_TILE"
+    bint DOT8 "MOCRO_DOT8"
     void mocro_wide_tile_f32(Py_ssize_t kc, const float* a, Py_ssize_t sai, Py_ssize_t sap,
                              const float* bp, float* out) noexcept nogil
     void mocro_wide_tile_f64(Py_ssize_t kc, const double* a, Py_ssize_t sai, Py_ssize_t sap,
@@ -221,9 +237,9 @@ cdef extern from *:
                                const float* bp, float* out) noexcept nogil
     void mocro_narrow_tile_f64(Py_ssize_t kc, const double* a, Py_ssize_t sai, Py_ssize_t sap,
                                const double* bp, double* out) noexcept nogil
-    void mocro_thin_dot_f32(int vector, Py_ssize_t k, const float* a, Py_ssize_t lda, const float* bt,
+    void mocro_thin_dot_f32(Py_ssize_t J, Py_ssize_t k, const float* a, Py_ssize_t lda, const float* bt,
                             float* sums) noexcept nogil
-    void mocro_thin_dot_f64(int vector, Py_ssize_t k, const double* a, Py_ssize_t lda, const double* bt,
+    void mocro_thin_dot_f64(Py_ssize_t J, Py_ssize_t k, const double* a, Py_ssize_t lda, const double* bt,
                             double* sums) noexcept nogil
     void mocro_thin_axpy_f32(Py_ssize_t J, Py_ssize_t w, Py_ssize_t rows, const float* a, Py_ssize_t lda,
                              const float* b, float* t) noexcept nogil
@@ -424,13 +440,18 @@ cdef int _matmul_split_k(bint narrow, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, 
     return 0
 
 
-cdef inline void _thin_dot(bint vector, Py_ssize_t k, const floating* a, Py_ssize_t lda,
+cdef inline void _thin_dot(Py_ssize_t J, Py_ssize_t k, const floating* a, Py_ssize_t lda,
                            const floating* bt, floating* sums) noexcept nogil:
-    """One thin_dot call: 8 rows x 1 column (vector) or 4 rows x 4 columns."""
+    """One thin_dot call: R rows x J columns (_dot_rows(J) rows)."""
     if floating is float:
-        mocro_thin_dot_f32(vector, k, a, lda, bt, sums)
+        mocro_thin_dot_f32(J, k, a, lda, bt, sums)
     else:
-        mocro_thin_dot_f64(vector, k, a, lda, bt, sums)
+        mocro_thin_dot_f64(J, k, a, lda, bt, sums)
+
+
+cdef inline Py_ssize_t _dot_rows(Py_ssize_t J) noexcept nogil:
+    """Rows of A per thin_dot call for J columns (see the table in the C block)."""
+    return 5 if J == 8 else 8
 
 
 cdef inline void _thin_axpy(Py_ssize_t J, Py_ssize_t w, Py_ssize_t rows, const floating* a, Py_ssize_t lda,
@@ -445,14 +466,13 @@ cdef inline void _thin_axpy(Py_ssize_t J, Py_ssize_t w, Py_ssize_t rows, const f
 cdef int _matmul_thin(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a, bint trans_a,
                       const floating* b, Py_ssize_t sbp, Py_ssize_t sbj, floating* c, bint accumulate,
                       int workers) noexcept nogil:
-    """matmul for n <= THIN columns (matrix-vector work), or n <= THIN_T when op(A) =
-    A^T, rows of the output cut into ``workers`` chunks (fewer for small outputs, see
-    below). op(B) is copied into a zero-padded buffer of J columns (1 for a vector,
-    else 4, 8 or 16; k x J, or transposed to J x k for the dot products); each output
-    element is one sum in an order fixed by the shape. Returns -1 (out untouched)
-    when the buffers cannot be allocated."""
-    cdef bint vector = n == 1
-    cdef Py_ssize_t J = 1 if vector else 4 if n <= 4 else 8 if n <= 8 else 16, R = 8 if vector else 4
+    """matmul for n <= THIN columns (matrix-vector work; n <= 8 with DOT8), or
+    n <= THIN_T when op(A) = A^T, rows of the output cut into ``workers`` chunks (fewer
+    for small outputs, see below). op(B) is copied into a zero-padded buffer of J
+    columns (1 for a vector, else 4, 8 or 16; k x J, or transposed to J x k for the dot
+    products); each output element is one sum in an order fixed by the shape. Returns
+    -1 (out untouched) when the buffers cannot be allocated."""
+    cdef Py_ssize_t J = 1 if n == 1 else 4 if n <= 4 else 8 if n <= 8 else 16, R = _dot_rows(J)
     # A chunk gets at least a row group (dot products) or THIN_RUN rows (transposed:
     # fewer would read A in short, scattered runs), so 256 workers on a small output
     # make fewer, longer chunks.
@@ -480,7 +500,7 @@ cdef int _matmul_thin(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* 
             while i < hi:
                 # R rows at once; the last few rows one by one (row distance 0: R copies of it)
                 group = R if hi - i >= R else 1
-                _thin_dot(vector, k, a + i * k, k if group == R else 0, bt, t)
+                _thin_dot(J, k, a + i * k, k if group == R else 0, bt, t)
                 for r in range(group):
                     for j in range(n):
                         c[(i + r) * n + j] = c[(i + r) * n + j] + t[r * J + j] if accumulate else t[r * J + j]
@@ -566,7 +586,7 @@ cdef int matmul(const floating[:, ::1] a, bint trans_a, const floating[:, ::1] b
         if not accumulate:
             fill(0.0, out, workers)
         return 0
-    if n <= THIN or (trans_a and n <= THIN_T):
+    if n <= THIN or (DOT8 and n <= 8) or (trans_a and n <= THIN_T):
         return _matmul_thin(m, n, k, &a[0, 0], trans_a, &b[0, 0], sbp, sbj, &out[0, 0], accumulate, workers)
     n_strips = (n + NR - 1) // NR
     m_tiles = (m + MR - 1) // MR
