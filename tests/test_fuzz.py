@@ -459,7 +459,7 @@ def test_linear(data, backend, dtype, sizes, relu, bias_shape):
 @FUZZ
 @given(data=st.data(), backend=backends(), dtype=st.sampled_from(FLOATS),
        shape=st.tuples(st.integers(1, 6), st.integers(1, 6)),
-       op=st.sampled_from(["axpy_", "scale_", "fill_", "zero_", "copy_", "adam_", "relu_grad"]),
+       op=st.sampled_from(["axpy_", "scale_", "fill_", "zero_", "copy_", "adam_", "sgd_", "relu_grad"]),
        mismatch=st.sampled_from([None, "shape", "dtype", "type"]),
        alpha=st.one_of(st.floats(-1e3, 1e3), st.sampled_from([float("nan"), float("inf"), 0.0, "x", None, 1j])))
 def test_in_place_and_two_operand_methods(data, backend, dtype, shape, op, mismatch, alpha):
@@ -484,9 +484,10 @@ def test_in_place_and_two_operand_methods(data, backend, dtype, shape, op, misma
             "relu_grad": lambda: target.relu_grad(other),
             "adam_": lambda: target.adam_(other, Matrix(np.zeros(shape, dtype)), Matrix(np.zeros(shape, dtype)),
                                           alpha, 0.9, 0.999, 1e-8, 0.1, 0.001),
+            "sgd_": lambda: target.sgd_(other, alpha, weight_decay=0.5),
         }
-        uses_other = op in ("axpy_", "copy_", "adam_", "relu_grad")
-        uses_alpha = op in ("axpy_", "scale_", "fill_", "adam_")
+        uses_other = op in ("axpy_", "copy_", "adam_", "sgd_", "relu_grad")
+        uses_alpha = op in ("axpy_", "scale_", "fill_", "adam_", "sgd_")
         # a number is accepted as a 1x1 Matrix, so it fits only a 1x1 target
         number_fits = shape == (1, 1) and isinstance(other, numbers.Real)
         must_fail = (uses_alpha and not numeric_alpha) or (uses_other and (
@@ -505,6 +506,10 @@ def test_in_place_and_two_operand_methods(data, backend, dtype, shape, op, misma
             slack = 4 * eps(dtype) * (float(np.abs(a64).max()) + (abs(alpha) * float(np.abs(x64).max())
                                                                    if math.isfinite(alpha) else 0.0))
             close(target, (a64 + alpha * x64).astype(dtype), rtol=4 * eps(dtype), atol=slack)
+        elif op == "sgd_" and math.isfinite(alpha):   # a - alpha * (x + 0.5 a): four roundings
+            slack = 8 * eps(dtype) * (float(np.abs(a64).max()) + abs(alpha) * float(np.abs(x64).max() +
+                                                                                np.abs(a64).max()))
+            close(target, (a64 - alpha * (x64 + 0.5 * a64)).astype(dtype), rtol=8 * eps(dtype), atol=slack)
         elif op == "scale_":
             close(target, (a64 * alpha).astype(dtype), rtol=2 * eps(dtype))
         elif op == "fill_":
@@ -522,7 +527,7 @@ def test_in_place_and_two_operand_methods(data, backend, dtype, shape, op, misma
 @FUZZ
 @given(data=st.data(), method=st.sampled_from(["matmul", "linear", "add", "relu_grad", "log_softmax_grad", "sum",
                                                "max", "argmax", "log_softmax", "astype", "axpy_", "scale_",
-                                               "fill_", "copy_", "adam_", "__pow__", "__matmul__", "__truediv__"]),
+                                               "fill_", "copy_", "adam_", "sgd_", "__pow__", "__matmul__", "__truediv__"]),
        args=st.lists(st.sampled_from(WEIRD), min_size=0, max_size=4))
 def test_wrong_python_types_anywhere(data, method, args):
     """Any method with any junk arguments: a result or a documented exception, nothing else."""
