@@ -51,6 +51,13 @@ class Optimizer:
             self.param_groups.append({"params": members, **settings})
         self.params = [p for group in self.param_groups for p in group["params"]]
 
+    def __getattr__(self, name):
+        """The constructor's hyperparameters read as attributes (``opt.momentum``, ``opt.betas``)."""
+        defaults = self.__dict__.get("defaults", {})
+        if name in defaults:
+            return defaults[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     @property
     def lr(self):
         """The learning rate (that of every group; ValueError when the groups differ)."""
@@ -135,9 +142,9 @@ class Optimizer:
         buffers = {key: self._check_buffers(state, key) for key in self.BUFFERS}
         self._check_consistent(state, buffers)
         # all checked: assign
-        self.defaults.update(_plain(state, self.HYPER))
+        self.defaults.update(_settings(state, self.HYPER))
         for saved, group in zip(groups, self.param_groups):
-            group.update(_plain(saved, self.HYPER))
+            group.update(_settings(saved, self.HYPER))
         for key in self.EXTRA:
             setattr(self, key, int(state[key]))
         for key, values in buffers.items():
@@ -192,6 +199,11 @@ class Optimizer:
         return checked
 
 
+def _settings(source, keys):
+    """The hyperparameters ``keys`` of a saved state as the optimizer keeps them (betas: a tuple)."""
+    return {key: tuple(source[key]) if key == "betas" else source[key] for key in keys}
+
+
 def _plain(settings, keys):
     """The hyperparameters ``keys`` of settings as plain JSON-ready values (betas: a list)."""
     return {key: list(settings[key]) if key == "betas" else settings[key] for key in keys}
@@ -215,14 +227,6 @@ class SGD(Optimizer):
         if not settings["momentum"] >= 0 or not settings["weight_decay"] >= 0:
             raise ValueError(f"momentum and weight_decay must be >= 0, got {settings['momentum']} "
                              f"and {settings['weight_decay']}")
-
-    @property
-    def momentum(self):
-        return self.defaults["momentum"]
-
-    @property
-    def weight_decay(self):
-        return self.defaults["weight_decay"]
 
     @no_grad()
     def step(self):
@@ -255,18 +259,6 @@ class Adam(Optimizer):
         betas = tuple(settings["betas"])
         if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {settings['betas']}")
-
-    @property
-    def betas(self):
-        return tuple(self.defaults["betas"])
-
-    @property
-    def eps(self):
-        return self.defaults["eps"]
-
-    @property
-    def weight_decay(self):
-        return self.defaults["weight_decay"]
 
     @no_grad()
     def step(self):
