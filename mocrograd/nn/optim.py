@@ -46,7 +46,7 @@ class Optimizer:
                 if id(p) in seen:
                     raise ValueError(f"parameter group {i}: a parameter (shape {p.shape}) is in more than one group")
                 seen.add(id(p))
-            settings = {**self.defaults, **{k: v for k, v in group.items() if k != "params"}}
+            settings = _settings({**self.defaults, **group}, self.defaults)
             self._check_hyper(settings)
             self.param_groups.append({"params": members, **settings})
         self.params = [p for group in self.param_groups for p in group["params"]]
@@ -200,7 +200,8 @@ class Optimizer:
 
 
 def _settings(source, keys):
-    """The hyperparameters ``keys`` of a saved state as the optimizer keeps them (betas: a tuple)."""
+    """The hyperparameters ``keys`` of source (a saved state, a group) as the optimizer keeps
+    them (betas: a tuple)."""
     return {key: tuple(source[key]) if key == "betas" else source[key] for key in keys}
 
 
