@@ -231,7 +231,10 @@ class Tensor:
             buffer, overwrite = _leaf_grad_buffer(self)
             if buffer is not None:
                 scale = 2.0 * g.numpy()[0, 0]
-                buffer.copy_(x, scale) if overwrite else buffer.axpy_(scale, x)
+                if overwrite:
+                    buffer.copy_(x, scale)
+                else:
+                    buffer.axpy_(scale, x)
                 return (ACCUMULATED,)
             return (x * (2.0 * g.numpy()[0, 0]),)
         return Tensor._result(Matrix.full(1, 1, x.sum_squares(), dtype=x.dtype), "sum_squares", (self,), backward)
