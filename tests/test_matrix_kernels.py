@@ -466,6 +466,7 @@ def make_inputs(dtype):
         # matmul: 33 x 5 tiles of 8 x 32, three k-blocks of 256, the last one 1 deep
         a=mat(257, 513), b=mat(513, 129), at=mat(513, 257), bt=mat(129, 513), c=mat(257, 129),
         bias=mat(257, 1),
+        b6=mat(513, 6), b3=mat(513, 3),   # thin dot products: 257 rows in groups of 5 and of 8
     )
 
 
@@ -487,6 +488,8 @@ KERNELS = {
     "matmul_NT": lambda t: t.a.matmul(t.bt, trans_b=True),
     "matmul_TT": lambda t: t.at.matmul(t.bt, trans_a=True, trans_b=True),
     "matmul_accumulate": lambda t: t.a.matmul(t.b, out=t.c.copy(), accumulate=True),
+    "matmul_thin_6": lambda t: t.a @ t.b6,
+    "matmul_thin_3": lambda t: t.a @ t.b3,
     "linear": lambda t: t.a.linear(t.b, t.bias),
     "linear_relu": lambda t: t.a.linear(t.b, t.bias, relu=True),
     "add": lambda t: t.x + t.y,

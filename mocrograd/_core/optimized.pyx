@@ -491,9 +491,12 @@ cdef int _matmul_thin(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* 
     for p in range(k):
         for j in range(J):
             bt[p * sp + j * sj] = b[p * sbp + j * sbj] if j < n else 0
+    # Dot products: chunks of whole groups of R rows, so only the last chunk has rows left
+    # over (each costs a whole call: 256 chunks of 16 rows made fwd2 at batch 8 10% slower).
+    cdef Py_ssize_t unit = 1 if trans_a else R, units = (m + unit - 1) // unit
     for chunk in prange(chunks, nogil=True, num_threads=n_threads, schedule='static'):
-        lo = (m * chunk) // chunks
-        hi = (m * (chunk + 1)) // chunks
+        lo = min(m, (units * chunk) // chunks * unit)
+        hi = min(m, (units * (chunk + 1)) // chunks * unit)
         t = bt + J * k + chunk * J * rows
         if not trans_a:   # output rows i..i+R-1: A's rows (contiguous) dotted with each column
             i = lo
