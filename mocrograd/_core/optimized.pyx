@@ -122,8 +122,8 @@ cdef extern from *:
 
     /* The thin kernels, for products at most 4 columns wide (one example, a batch
        of 2: matrix-vector work; up to 8 with AVX-512, a batch of 8), and W^T G
-       products up to 16 (whose register tile reads W down its columns). A register tile would leave most of its lanes
-       idle there; these run along the contiguous side of A instead, for J output
+       products up to 16 (whose register tile reads W down its columns). A register
+       tile would leave most of its lanes idle there; these run along the contiguous side of A instead, for J output
        columns at once (bt and b zero-padded to J), so each element of A is loaded
        once, and memory is the only limit.
 
@@ -182,12 +182,13 @@ cdef extern from *:
        layers (2-4 columns: 8 rows 13-27% faster than 4, with AVX-512 and with AVX2;
        5-8 columns: 5 or 6 rows 21-36% faster than the narrow register tile, 7 or
        more slower), though 32-40 sums spill out of registers. */
-    MOCRO_THIN_DOT(mocro_thin_dot1_f32, float, MOCRO_HALF_NR_F32, 8, 1)
-    MOCRO_THIN_DOT(mocro_thin_dot1_f64, double, MOCRO_HALF_NR_F64, 8, 1)
-    MOCRO_THIN_DOT(mocro_thin_dot4_f32, float, MOCRO_HALF_NR_F32, 8, 4)
-    MOCRO_THIN_DOT(mocro_thin_dot4_f64, double, MOCRO_HALF_NR_F64, 8, 4)
-    MOCRO_THIN_DOT(mocro_thin_dot8_f32, float, MOCRO_HALF_NR_F32, 5, 8)
-    MOCRO_THIN_DOT(mocro_thin_dot8_f64, double, MOCRO_HALF_NR_F64, 5, 8)
+    #define MOCRO_DOT_ROWS(J) ((J) == 8 ? 5 : 8)
+    MOCRO_THIN_DOT(mocro_thin_dot1_f32, float, MOCRO_HALF_NR_F32, MOCRO_DOT_ROWS(1), 1)
+    MOCRO_THIN_DOT(mocro_thin_dot1_f64, double, MOCRO_HALF_NR_F64, MOCRO_DOT_ROWS(1), 1)
+    MOCRO_THIN_DOT(mocro_thin_dot4_f32, float, MOCRO_HALF_NR_F32, MOCRO_DOT_ROWS(4), 4)
+    MOCRO_THIN_DOT(mocro_thin_dot4_f64, double, MOCRO_HALF_NR_F64, MOCRO_DOT_ROWS(4), 4)
+    MOCRO_THIN_DOT(mocro_thin_dot8_f32, float, MOCRO_HALF_NR_F32, MOCRO_DOT_ROWS(8), 8)
+    MOCRO_THIN_DOT(mocro_thin_dot8_f64, double, MOCRO_HALF_NR_F64, MOCRO_DOT_ROWS(8), 8)
     /* 5-8 columns take thin_dot only with AVX-512: with AVX2 the narrow register tile
        (6 rows x 8 lanes, all of them used) ran 3x faster than it. */
     #if defined(__AVX512F__)
@@ -229,6 +230,7 @@ cdef extern from *:
     float MOCRO_FMAF(float a, float b, float c) noexcept nogil
     bint PLAIN_FLOAT_TILE "MOCRO_PLAIN_FLOAT_TILE"
     bint DOT8 "MOCRO_DOT8"
+    Py_ssize_t DOT_ROWS "MOCRO_DOT_ROWS"(Py_ssize_t J) noexcept nogil
     void mocro_wide_tile_f32(Py_ssize_t kc, const float* a, Py_ssize_t sai, Py_ssize_t sap,
                              const float* bp, float* out) noexcept nogil
     void mocro_wide_tile_f64(Py_ssize_t kc, const double* a, Py_ssize_t sai, Py_ssize_t sap,
@@ -442,16 +444,11 @@ cdef int _matmul_split_k(bint narrow, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, 
 
 cdef inline void _thin_dot(Py_ssize_t J, Py_ssize_t k, const floating* a, Py_ssize_t lda,
                            const floating* bt, floating* sums) noexcept nogil:
-    """One thin_dot call: R rows x J columns (_dot_rows(J) rows)."""
+    """One thin_dot call: DOT_ROWS(J) rows x J columns."""
     if floating is float:
         mocro_thin_dot_f32(J, k, a, lda, bt, sums)
     else:
         mocro_thin_dot_f64(J, k, a, lda, bt, sums)
-
-
-cdef inline Py_ssize_t _dot_rows(Py_ssize_t J) noexcept nogil:
-    """Rows of A per thin_dot call for J columns (see the table in the C block)."""
-    return 5 if J == 8 else 8
 
 
 cdef inline void _thin_axpy(Py_ssize_t J, Py_ssize_t w, Py_ssize_t rows, const floating* a, Py_ssize_t lda,
@@ -472,7 +469,7 @@ cdef int _matmul_thin(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* 
     columns (1 for a vector, else 4, 8 or 16; k x J, or transposed to J x k for the dot
     products); each output element is one sum in an order fixed by the shape. Returns
     -1 (out untouched) when the buffers cannot be allocated."""
-    cdef Py_ssize_t J = 1 if n == 1 else 4 if n <= 4 else 8 if n <= 8 else 16, R = _dot_rows(J)
+    cdef Py_ssize_t J = 1 if n == 1 else 4 if n <= 4 else 8 if n <= 8 else 16, R = DOT_ROWS(J)
     # A chunk gets at least a row group (dot products) or THIN_RUN rows (transposed:
     # fewer would read A in short, scattered runs), so 256 workers on a small output
     # make fewer, longer chunks.

@@ -111,9 +111,10 @@ class Optimizer:
         """The state as plain numbers, lists and NumPy arrays (copies): the constructor's
         hyperparameters, ``param_groups`` (each group's size and hyperparameters) and one
         buffer (or None, before the first step) per parameter, in ``params`` order."""
-        state = {"type": type(self).__name__, **_plain(self.defaults, self.HYPER),
+        state = {"type": type(self).__name__, **_settings(self.defaults, self.HYPER, list),
                  **{key: getattr(self, key) for key in self.EXTRA},
-                 "param_groups": [{"params": len(g["params"]), **_plain(g, self.HYPER)} for g in self.param_groups]}
+                 "param_groups": [{"params": len(g["params"]), **_settings(g, self.HYPER, list)}
+                                  for g in self.param_groups]}
         for key in self.BUFFERS:
             state[key] = [None if b is None else b.numpy().copy() for b in getattr(self, key)]
         return state
@@ -171,7 +172,7 @@ class Optimizer:
             if not isinstance(values, (list, tuple)) or not all(
                     isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in values):
                 raise ValueError(f"{key} must be finite numbers, got {settings[key]!r}")
-        self._check_hyper(_plain(settings, self.HYPER))
+        self._check_hyper(_settings(settings, self.HYPER))
 
     def _check_consistent(self, state, buffers):
         """Further checks of a state (its EXTRA values, buffers that go together)."""
@@ -199,15 +200,10 @@ class Optimizer:
         return checked
 
 
-def _settings(source, keys):
-    """The hyperparameters ``keys`` of source (a saved state, a group) as the optimizer keeps
-    them (betas: a tuple)."""
-    return {key: tuple(source[key]) if key == "betas" else source[key] for key in keys}
-
-
-def _plain(settings, keys):
-    """The hyperparameters ``keys`` of settings as plain JSON-ready values (betas: a list)."""
-    return {key: list(settings[key]) if key == "betas" else settings[key] for key in keys}
+def _settings(source, keys, betas=tuple):
+    """The hyperparameters ``keys`` of source (a group, a saved state) with betas made a
+    tuple, as the optimizer keeps them, or a list (``betas=list``: JSON-ready, for states)."""
+    return {key: betas(source[key]) if key == "betas" else source[key] for key in keys}
 
 
 class SGD(Optimizer):
