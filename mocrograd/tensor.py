@@ -14,6 +14,7 @@ needs no zeroing pass). Intermediate results do not keep a ``.grad``; the graph 
 freed when backward finishes.
 """
 import contextlib
+import math
 import numbers
 
 import numpy as np
@@ -22,6 +23,7 @@ from ._core import Matrix
 
 _grad_enabled = True
 _overwrite = set()   # during backward(accumulate=False): ids of the leaves whose .grad the next write replaces
+_passes = 0          # backward passes begun: a gradient bound holds for the pass that wrote it
 
 
 class no_grad(contextlib.ContextDecorator):
@@ -71,6 +73,41 @@ def _leaf_grad_buffer(leaf):
     return leaf.grad.data, overwrite
 
 
+def _note_bound(leaf, bound, overwrite):
+    """Record what a rule just wrote into ``leaf.grad``: ``bound`` (a number no element of
+    the write can exceed in magnitude, or None when unknown), replacing the old values
+    (``overwrite``) or added to them; ``gradient_bound`` reads the result."""
+    if not overwrite:
+        previous = leaf._grad_bound
+        bound = None if bound is None or previous is None or previous[0] != _passes else previous[1] + bound
+    leaf._grad_bound = (_passes, bound)
+
+
+def gradient_bound(leaf):
+    """A number no element of ``leaf.grad`` exceeds in magnitude, proved by the latest
+    backward pass (e.g. for a Linear weight from the norms of G and X, see
+    _product_bound), or None: no proof, the pass did not write the whole gradient, or
+    another pass ran since. It describes the gradient as that pass left it: a training
+    loop that skips its finiteness scan on a small bound must ask right after backward."""
+    mark = leaf._grad_bound
+    return mark[1] if mark is not None and mark[0] == _passes else None
+
+
+def _product_bound(a, b, terms):
+    """A bound on the magnitude of every element of a product of a and b whose elements
+    are ``terms``-term dot products of a row of one with a row (or column) of the other,
+    and of every partial sum a kernel forms on the way, in any order: Cauchy-Schwarz,
+    |sum x_i y_i| <= ||x|| ||y|| <= ||a||_F ||b||_F, grown by the worst rounding error
+    of a ``terms``-term sum, (1 + eps)^(terms + 1) <= 1 + 2 (terms + 1) eps. NaN or inf
+    when an input is not finite (its sum of squares is not). None when the product is
+    no bigger than its inputs: scanning it is then no dearer than bounding it."""
+    eps = float(np.finfo(a.dtype).eps)
+    (a_rows, a_cols), (b_rows, b_cols) = a.shape, b.shape
+    if a_rows * b_rows <= a_rows * a_cols + b_rows * b_cols or (terms + 1) * eps >= 0.5:
+        return None
+    return math.sqrt(a.sum_squares() * b.sum_squares()) * (1.0 + 2.0 * (terms + 1) * eps)
+
+
 def _unbroadcast(grad, shape):
     """Sum grad over the dimensions an operand of ``shape`` was broadcast along."""
     if grad.shape == shape:
@@ -91,7 +128,7 @@ class Tensor:
     become float32 unless ``dtype`` says otherwise, arrays keep float32/float64.
     """
 
-    __slots__ = ("data", "grad", "requires_grad", "_prev", "_backward", "_op", "__weakref__")
+    __slots__ = ("data", "grad", "requires_grad", "_prev", "_backward", "_op", "_grad_bound", "__weakref__")
     __array_ufunc__ = None  # ndarray + Tensor: NumPy defers to Tensor.__radd__ instead of looping over elements
 
     def __init__(self, data, requires_grad=False, dtype=None):
@@ -105,6 +142,7 @@ class Tensor:
         self._prev = ()                     # the tensors this one was computed from
         self._backward = None               # grad of self -> tuple of grads of _prev (None for leaves)
         self._op = ""                       # the operation's name, for repr and debugging
+        self._grad_bound = None             # (pass, bound) of a leaf's gradient: see gradient_bound
 
     @classmethod
     def _result(cls, data, op, parents, backward):
@@ -113,6 +151,7 @@ class Tensor:
         out.data = data
         out.grad = None
         out._op = op
+        out._grad_bound = None
         if _grad_enabled and any(p.requires_grad for p in parents):
             out.requires_grad = True
             out._prev = parents
@@ -235,6 +274,7 @@ class Tensor:
                     buffer.copy_(x, scale)
                 else:
                     buffer.axpy_(scale, x)
+                _note_bound(self, None, overwrite)
                 return (ACCUMULATED,)
             return (x * (2.0 * g.numpy()[0, 0]),)
         return Tensor._result(Matrix.full(1, 1, x.sum_squares(), dtype=x.dtype), "sum_squares", (self,), backward)
@@ -289,6 +329,8 @@ class Tensor:
             if seed.shape != self.shape:
                 raise ValueError(f"backward(): gradient has shape {seed.shape}, the tensor has shape {self.shape}")
         order = _topological_order(self)
+        global _passes
+        _passes += 1
         if not accumulate:
             _overwrite.update(id(node) for node in order if node._backward is None)
         try:
@@ -306,12 +348,14 @@ def _apply_rules(order, grads):
         if g is None:
             continue
         if node._backward is None:       # a leaf: accumulate into (or replace) .grad
+            overwrite = node.grad is None or id(node) in _overwrite
             if node.grad is None:
                 node.grad = Tensor(g.copy())
-            elif id(node) in _overwrite:
+            elif overwrite:
                 node.grad.data.copy_(g)
             else:
                 node.grad.data.axpy_(1.0, g)
+            _note_bound(node, None, overwrite)
             _overwrite.discard(id(node))
             continue
         for parent, parent_grad in zip(node._prev, node._backward(g)):
@@ -327,8 +371,9 @@ def linear(x, weight, bias, relu=False):
     """weight @ x + bias, then relu when asked: a Linear layer as one graph node.
 
     Forward is one fused core call. Backward runs the three products of a layer:
-    dX = W^T G, dW = G X^T (added straight into W's gradient buffer when W is a leaf)
-    and db = row sums of G, after masking G by the relu."""
+    dX = W^T G, dW = G X^T (added straight into W's gradient buffer when W is a leaf,
+    with a bound on its elements from G and X: see gradient_bound) and db = row sums of G,
+    after masking G by the relu."""
     x = _as_tensor(x, weight)   # a Matrix or array batch too, as weight @ x accepts
     w, xm, b = weight.data, x.data, bias.data
     y = w.linear(xm, b, relu)
@@ -340,6 +385,7 @@ def linear(x, weight, bias, relu=False):
         w_buffer, overwrite = _leaf_grad_buffer(weight)
         if w_buffer is not None:
             g.matmul(xm, trans_b=True, out=w_buffer, accumulate=not overwrite)
+            _note_bound(weight, _product_bound(g, xm, xm.shape[1]), overwrite)
             dw = ACCUMULATED
         else:
             dw = g.matmul(xm, trans_b=True) if weight.requires_grad else None

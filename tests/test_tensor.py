@@ -10,6 +10,8 @@ import pytest
 
 import mocrograd as mg
 from mocrograd import GradcheckError, Matrix, Tensor, gradcheck, no_grad
+from mocrograd import train
+from mocrograd.tensor import gradient_bound
 
 
 # ----------------------------------------------------------------------------- op table
@@ -278,6 +280,75 @@ def test_a_failed_backward_without_accumulate_leaves_later_passes_accumulating()
         y.backward(accumulate=False)
     (x * 3).sum().backward()
     np.testing.assert_array_equal(x.grad.numpy(), [[6, 6]])
+
+
+# A bound on a weight gradient lets a training loop skip its finiteness scan (fit does).
+def wide_layer(rng, dtype):
+    """A Linear layer whose weight gradient (37 x 53) is bigger than its G and X together."""
+    w = Tensor(rng.standard_normal((37, 53)), requires_grad=True, dtype=dtype)
+    b = Tensor(rng.standard_normal((37, 1)), requires_grad=True, dtype=dtype)
+    x = Tensor(rng.standard_normal((53, 5)) * 3, dtype=dtype)
+    return w, b, x
+
+
+def test_a_linear_weight_gradient_is_within_its_bound(dtype, each_backend):
+    rng = np.random.default_rng(5)
+    w, b, x = wide_layer(rng, dtype)
+    out = mg.linear(x, w, b, relu=True)
+    g = 7.0 * (out.numpy() > 0)                                  # the gradient of 7 * sum(relu(...))
+    (out.sum() * 7).backward(accumulate=False)
+    one = gradient_bound(w)
+    assert one == pytest.approx(np.linalg.norm(g) * np.linalg.norm(x.numpy()), rel=1e-5)   # ||G|| ||X||
+    assert np.abs(w.grad.numpy()).max() <= one
+
+    x2 = Tensor(rng.standard_normal((53, 5)), dtype=dtype)     # w used twice: the bounds add
+    (mg.linear(x, w, b, relu=True).sum() * 7 + mg.linear(x2, w, b).sum()).backward(accumulate=False)
+    two = gradient_bound(w)
+    assert two > one and np.abs(w.grad.numpy()).max() <= two
+    assert gradient_bound(b) is None                            # the bias's arrives through the graph
+
+
+def test_no_bound_without_a_proof_for_the_whole_gradient():
+    rng = np.random.default_rng(6)
+    w, b, x = wide_layer(rng, np.float64)
+    mg.linear(x, w, b).sum().backward()             # added to the old gradient: its values are unknown
+    assert gradient_bound(w) is None
+    reused_weight_graph(w, b, None, x).backward(accumulate=False)   # other rules write w's gradient too
+    assert gradient_bound(w) is None
+    mg.linear(x, w, b).sum().backward(accumulate=False)
+    assert gradient_bound(w) is not None
+    other = Tensor([[1.0]], requires_grad=True)
+    (other * 2).sum().backward()                    # a later pass that never reaches w
+    assert gradient_bound(w) is None
+    small = Tensor([[1.0, 2.0]], requires_grad=True)   # a gradient no bigger than G and X: scanned instead
+    mg.linear(Tensor([[3.0], [4.0]]), small, Tensor([[0.5]], requires_grad=True)).sum().backward(accumulate=False)
+    assert gradient_bound(small) is None
+
+
+@pytest.mark.parametrize("poison", ["infinite input", "overflow"])
+def test_a_non_finite_weight_gradient_is_never_proved_finite(poison, each_backend):
+    rng = np.random.default_rng(7)
+    w, b, x = wide_layer(rng, np.float32)
+    seed = np.ones((37, 5), dtype=np.float32)
+    if poison == "infinite input":
+        x.numpy()[3, 2] = np.inf
+    else:   # finite G and X whose product overflows float32: 1e10 * 1e30 * 5 terms
+        x.numpy()[:] = 1e30
+        seed[:] = 1e10
+    mg.linear(x, w, b).backward(gradient=seed, accumulate=False)
+    assert not np.isfinite(w.grad.numpy()).all()
+    assert not train._proved_finite(w)
+    assert train._first_non_finite([w], ["w"], "gradient") == "the gradient of w is not finite"
+
+
+def test_the_finiteness_check_scans_only_unproved_gradients(monkeypatch):
+    rng = np.random.default_rng(8)
+    w, b, x = wide_layer(rng, np.float32)
+    mg.linear(x, w, b).sum().backward(accumulate=False)
+    scanned = []
+    monkeypatch.setattr(train, "_finite", lambda matrix: scanned.append(matrix) or True)
+    assert train._first_non_finite([w, b], ["w", "b"], "gradient") is None
+    assert len(scanned) == 1 and scanned[0] is b.grad.data
 
 
 def test_fused_linear_takes_a_matrix_batch_of_the_same_dtype():
