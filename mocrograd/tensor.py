@@ -10,9 +10,11 @@ Gradients accumulate: each backward pass *adds* to the ``.grad`` of the leaf
 tensors (tensors created by the user with ``requires_grad=True``) until
 ``zero_grad`` clears them, as in PyTorch; ``backward(accumulate=False)`` instead
 writes each leaf's gradient over its old one, in the same buffer (a training loop
-needs no zeroing pass). Intermediate results do not keep a ``.grad``; the graph is
-freed when backward finishes.
+needs no zeroing pass), and ``factored=True`` leaves a Linear weight's gradient as
+the factors of its product for the optimizer to form (``gradient_factors``).
+Intermediate results do not keep a ``.grad``; the graph is freed when backward finishes.
 """
+import collections
 import contextlib
 import math
 import numbers
@@ -24,6 +26,7 @@ from ._core import Matrix
 _grad_enabled = True
 _overwrite = set()   # during backward(accumulate=False): ids of the leaves whose .grad the next write replaces
 _passes = 0          # backward passes begun: a gradient bound holds for the pass that wrote it
+_factor = set()      # during backward(factored=True): ids of the leaves whose product gradient may stay factored
 
 
 class no_grad(contextlib.ContextDecorator):
@@ -68,29 +71,56 @@ def _leaf_grad_buffer(leaf):
         return None, False
     overwrite = id(leaf) in _overwrite
     _overwrite.discard(id(leaf))
+    _take_factors(leaf, overwrite)
     if leaf.grad is None:
         leaf.grad = Tensor(Matrix.zeros(*leaf.shape, dtype=leaf.dtype))
     return leaf.grad.data, overwrite
 
 
-def _note_bound(leaf, bound, overwrite):
+def _note_bound(leaf, bound, overwrite, factors=None):
     """Record what a rule just wrote into ``leaf.grad``: ``bound`` (a number no element of
     the write can exceed in magnitude, or None when unknown), replacing the old values
-    (``overwrite``) or added to them; ``gradient_bound`` reads the result."""
+    (``overwrite``) or added to them; ``gradient_bound`` reads the result. ``factors``:
+    (G, X) of a gradient left as the product G X^T instead (see gradient_factors)."""
     if not overwrite:
-        previous = leaf._grad_bound
-        bound = None if bound is None or previous is None or previous[0] != _passes else previous[1] + bound
-    leaf._grad_bound = (_passes, bound)
+        previous = gradient_bound(leaf)
+        bound = None if bound is None or previous is None else previous + bound
+    leaf._grad_note = (_passes, bound, factors)
+
+
+def _take_factors(leaf, overwrite):
+    """Before a rule writes leaf's gradient: a factored one (gradient_factors) is formed
+    into ``.grad`` when the write adds to it, and forgotten either way."""
+    factors = gradient_factors(leaf)
+    if factors is not None and not overwrite:
+        g, x = factors
+        leaf.grad = Tensor(g.matmul(x, trans_b=True))
+    if leaf._grad_note is not None:
+        leaf._grad_note = leaf._grad_note[:2] + (None,)
 
 
 def gradient_bound(leaf):
-    """A number no element of ``leaf.grad`` exceeds in magnitude, proved by the latest
+    """A number no element of leaf's gradient exceeds in magnitude, proved by the latest
     backward pass (e.g. for a Linear weight from the norms of G and X, see
     _product_bound), or None: no proof, the pass did not write the whole gradient, or
     another pass ran since. It describes the gradient as that pass left it: a training
     loop that skips its finiteness scan on a small bound must ask right after backward."""
-    mark = leaf._grad_bound
-    return mark[1] if mark is not None and mark[0] == _passes else None
+    note = leaf._grad_note
+    return note[1] if note is not None and note[0] == _passes else None
+
+
+def gradient_factors(leaf):
+    """(G, X) when a backward pass with ``factored=True`` left leaf's gradient as the
+    product G @ X.T, not formed (``.grad`` is None): until the next pass that writes
+    the gradient (one that adds to it forms it first), or ``zero_grad``; else None."""
+    note = leaf._grad_note
+    return note[2] if note is not None and leaf.grad is None else None
+
+
+def proves_finite(bound, dtype):
+    """True when ``bound`` (from gradient_bound) shows every element finite: below half
+    the dtype's largest value, the half covering the rounding of adding bounds."""
+    return bound is not None and bound < float(np.finfo(dtype).max) / 2
 
 
 def _product_bound(a, b, terms):
@@ -128,7 +158,7 @@ class Tensor:
     become float32 unless ``dtype`` says otherwise, arrays keep float32/float64.
     """
 
-    __slots__ = ("data", "grad", "requires_grad", "_prev", "_backward", "_op", "_grad_bound", "__weakref__")
+    __slots__ = ("data", "grad", "requires_grad", "_prev", "_backward", "_op", "_grad_note", "__weakref__")
     __array_ufunc__ = None  # ndarray + Tensor: NumPy defers to Tensor.__radd__ instead of looping over elements
 
     def __init__(self, data, requires_grad=False, dtype=None):
@@ -142,7 +172,7 @@ class Tensor:
         self._prev = ()                     # the tensors this one was computed from
         self._backward = None               # grad of self -> tuple of grads of _prev (None for leaves)
         self._op = ""                       # the operation's name, for repr and debugging
-        self._grad_bound = None             # (pass, bound) of a leaf's gradient: see gradient_bound
+        self._grad_note = None              # (pass, bound, factors) of a leaf's gradient: see _note_bound
 
     @classmethod
     def _result(cls, data, op, parents, backward):
@@ -151,7 +181,7 @@ class Tensor:
         out.data = data
         out.grad = None
         out._op = op
-        out._grad_bound = None
+        out._grad_note = None
         if _grad_enabled and any(p.requires_grad for p in parents):
             out.requires_grad = True
             out._prev = parents
@@ -186,8 +216,9 @@ class Tensor:
         return Tensor(self.data)
 
     def zero_grad(self):
-        """Forget the accumulated gradient."""
+        """Forget the accumulated gradient (a factored one too: see backward)."""
         self.grad = None
+        self._grad_note = None
 
     def __repr__(self):
         values = np.array2string(self.data.numpy(), precision=4, threshold=24, edgeitems=2, prefix="Tensor(")
@@ -304,7 +335,7 @@ class Tensor:
         return Tensor._result(y, "log_softmax", (self,), lambda g: (y.log_softmax_grad(g, axis),))
 
     # --------------------------------------------------------- backward
-    def backward(self, gradient=None, accumulate=True):
+    def backward(self, gradient=None, accumulate=True, factored=False):
         """Accumulate d(self)/d(leaf) into the ``.grad`` of every leaf that requires a gradient.
 
         ``self`` must be 1x1 unless ``gradient`` (a Tensor, Matrix or array of self's
@@ -315,6 +346,12 @@ class Tensor:
         then ``backward()`` give, without the zeroing pass and the read of the zeros
         (on the Bigger network, two passes over 170 MB per step). Leaves the pass does
         not reach keep their ``.grad``. Someone holding an old ``.grad`` sees it change.
+
+        ``factored=True`` (with ``accumulate=False``): a Linear weight that the graph
+        uses once and whose gradient dW = G X^T is proved finite (gradient_bound) keeps
+        it as its factors: ``.grad`` becomes None and ``gradient_factors(w)`` gives
+        (G, X). SGD and Adam form such a gradient a block of rows at a time inside
+        their step, so the weight gradients never travel to memory (``fit`` does this).
         """
         if not self.requires_grad:
             raise RuntimeError("backward() on a tensor that does not require a gradient "
@@ -328,15 +365,21 @@ class Tensor:
             seed = _as_tensor(gradient, self).data
             if seed.shape != self.shape:
                 raise ValueError(f"backward(): gradient has shape {seed.shape}, the tensor has shape {self.shape}")
+        if factored and accumulate:
+            raise ValueError("backward(factored=True) needs accumulate=False: a factored gradient replaces the old one")
         order = _topological_order(self)
         global _passes
         _passes += 1
         if not accumulate:
             _overwrite.update(id(node) for node in order if node._backward is None)
+        if factored:   # leaves used by exactly one operation: no other rule adds to their gradient
+            uses = collections.Counter(id(parent) for node in order for parent in node._prev)
+            _factor.update(id(node) for node in order if node._backward is None and uses[id(node)] == 1)
         try:
             _apply_rules(order, {id(self): seed})
         finally:
             _overwrite.clear()
+            _factor.clear()
 
 
 def _apply_rules(order, grads):
@@ -348,6 +391,7 @@ def _apply_rules(order, grads):
         if g is None:
             continue
         if node._backward is None:       # a leaf: accumulate into (or replace) .grad
+            _take_factors(node, id(node) in _overwrite)
             overwrite = node.grad is None or id(node) in _overwrite
             if node.grad is None:
                 node.grad = Tensor(g.copy())
@@ -372,8 +416,8 @@ def linear(x, weight, bias, relu=False):
 
     Forward is one fused core call. Backward runs the three products of a layer:
     dX = W^T G, dW = G X^T (added straight into W's gradient buffer when W is a leaf,
-    with a bound on its elements from G and X: see gradient_bound) and db = row sums of G,
-    after masking G by the relu."""
+    with a bound on its elements from G and X: see gradient_bound; or left as (G, X):
+    see backward's ``factored``) and db = row sums of G, after masking G by the relu."""
     x = _as_tensor(x, weight)   # a Matrix or array batch too, as weight @ x accepts
     w, xm, b = weight.data, x.data, bias.data
     y = w.linear(xm, b, relu)
@@ -382,6 +426,12 @@ def linear(x, weight, bias, relu=False):
         if relu:
             g = y.relu_grad(g)          # y > 0 exactly where the pre-activation was > 0
         dx = w.matmul(g, trans_a=True) if x.requires_grad else None
+        if id(weight) in _factor:
+            bound = _product_bound(g, xm, xm.shape[1])
+            if proves_finite(bound, weight.dtype):
+                weight.grad = None
+                _note_bound(weight, bound, True, (g, xm))
+                return dx, ACCUMULATED, (g.sum(axis=1) if bias.requires_grad else None)
         w_buffer, overwrite = _leaf_grad_buffer(weight)
         if w_buffer is not None:
             g.matmul(xm, trans_b=True, out=w_buffer, accumulate=not overwrite)

@@ -29,7 +29,7 @@ from .backend import BACKENDS, backend, cpu_count
 from .checkpoint import CheckpointError, load_training, read_metadata, save_training
 from .data import DIGITS, DataLoader, load_digits
 from .random import manual_seed
-from .tensor import Tensor, gradient_bound, no_grad
+from .tensor import Tensor, gradient_bound, no_grad, proves_finite
 
 # --model all: the fraction of LENGTH each model trains on (the original protocol)
 PROTOCOL = {"normal": 1, "longer": 10, "bigger": 100}
@@ -98,11 +98,10 @@ def _finite(matrix):
 
 def _proved_finite(param):
     """True when the latest backward pass proved every element of param's gradient
-    finite: its ``gradient_bound`` (e.g. ||G|| ||X|| for a Linear weight) is below half
-    the dtype's largest value, the half covering the rounding of adding bounds. Such a
-    gradient needs no scan (on the Bigger network, a pass over 170 MB per step)."""
-    bound = gradient_bound(param)
-    return bound is not None and bound < float(np.finfo(param.dtype).max) / 2
+    finite (``proves_finite(gradient_bound)``, e.g. from ||G|| ||X|| for a Linear
+    weight). Such a gradient needs no scan (on the Bigger network, a pass over 170 MB
+    per step)."""
+    return proves_finite(gradient_bound(param), param.dtype)
 
 
 def _first_non_finite(params, names, which):
@@ -192,7 +191,9 @@ def fit(model, train, val, epochs=10, batch_size=32, lr=0.01, optimizer="sgd", l
             for batch, (x, y) in enumerate(bar if bar is not None else batches, start=first):
                 out = model(Tensor(x))
                 loss = nn.nll_loss(out, y)
-                loss.backward(accumulate=False)   # the L2 term's gradient: weight decay in opt.step()
+                # the L2 term's gradient: weight decay in opt.step(), which also forms the
+                # factored weight gradients (not on MPI: the Allreduce sums whole gradients)
+                loss.backward(accumulate=False, factored=dist is None)
                 if check_finite:
                     value = loss.item()
                     bad = (f"the loss is {value}" if not math.isfinite(value) else

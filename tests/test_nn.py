@@ -6,6 +6,8 @@ import pytest
 import mocrograd as mg
 from mocrograd import Matrix, Tensor, gradcheck, nn
 from mocrograd.data import DataLoader, load_digits
+from mocrograd.nn import optim
+from mocrograd.tensor import gradient_factors
 from mocrograd.train import l2_groups, make_optimizer
 
 
@@ -279,7 +281,8 @@ def seeded_mlp():
 @pytest.mark.parametrize("alpha", [0.0, 0.1])
 def test_fit_step_is_a_step_on_loss_plus_l2_penalty(optimizer, alpha, each_backend):
     """What fit does (weight decay 2 alpha on the weights, gradients written over
-    stale ones) equals the textbook step: zero_grad, backward of loss + l2_penalty, step."""
+    stale ones, weight gradients left factored for the step to form) equals the
+    textbook step: zero_grad, backward of loss + l2_penalty, step."""
     x, y = Tensor(Matrix.rand(4, 6, seed=1)), np.array([0, 1, 2, 0, 1, 2])
     textbook, fitted = seeded_mlp(), seeded_mlp()
     plain = make_optimizer(optimizer, textbook.parameters(), 0.1)
@@ -292,11 +295,12 @@ def test_fit_step_is_a_step_on_loss_plus_l2_penalty(optimizer, alpha, each_backe
         plain.zero_grad()
         (nn.nll_loss(textbook(x), y) + (penalty if penalty is not None else 0.0)).backward()
         plain.step()
-        nn.nll_loss(fitted(x), y).backward(accumulate=False)
+        nn.nll_loss(fitted(x), y).backward(accumulate=False, factored=True)
         grouped.step()
     for (name, a), b in zip(textbook.named_parameters(), fitted.parameters()):
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=2e-6, atol=1e-7, err_msg=name)
-    assert all(p.grad.data is buffer for p, buffer in zip(fitted.parameters(), buffers))   # no new buffers
+    for p, buffer in zip(fitted.parameters(), buffers):   # the biases' buffers were reused;
+        assert p.grad.data is buffer if p.grad is not None else gradient_factors(p) is not None   # the weights factored
 
 
 def test_accuracy():
@@ -429,6 +433,28 @@ def test_optimizer_state_keeps_each_groups_settings():
     assert regrouped.param_groups[0]["momentum"] == 0.9
 
 
+@pytest.mark.parametrize("make", [lambda p: nn.SGD(p, lr=0.1, momentum=0.9, weight_decay=0.01),
+                                  lambda p: nn.Adam(p, lr=0.01, weight_decay=0.01)], ids=["sgd", "adam"])
+def test_a_step_forms_a_factored_gradient_block_by_block(make, each_backend, monkeypatch):
+    """The step from a factored weight gradient (backward(factored=True)) is the step from
+    the formed one: 5 rows per block here, so 37 rows are 7 whole blocks and a partial one."""
+    monkeypatch.setattr(optim, "ROW_BLOCK_BYTES", 5 * 53 * 8)
+    rng = np.random.default_rng(11)
+    w, b = (Tensor(rng.standard_normal(s), requires_grad=True, dtype=np.float64) for s in ((37, 53), (37, 1)))
+    w2, b2 = (Tensor(t.numpy().copy(), requires_grad=True, dtype=np.float64) for t in (w, b))
+    factored, formed = make([w, b]), make([w2, b2])
+    for step in range(3):
+        x = Tensor(rng.standard_normal((53, 6)), dtype=np.float64)
+        mg.linear(x, w, b, relu=True).sum().backward(accumulate=False, factored=True)
+        mg.linear(x, w2, b2, relu=True).sum().backward(accumulate=False)
+        assert w.grad is None and gradient_factors(w) is not None
+        factored.step()
+        formed.step()
+    np.testing.assert_allclose(w.numpy(), w2.numpy(), rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(b.numpy(), b2.numpy(), rtol=1e-13, atol=1e-15)
+    assert not np.allclose(w.numpy(), rng.standard_normal((37, 53)))   # (it moved: not a no-op pair)
+
+
 def test_optimizers_skip_parameters_without_a_gradient():
     p = Tensor(START.copy(), requires_grad=True, dtype=np.float64)
     for optimizer in (nn.SGD([p], lr=0.1, momentum=0.9), nn.Adam([p])):
@@ -493,7 +519,8 @@ def test_bigger_training_steps_reuse_their_large_buffers(optimizer, loop):
     gradients are written in place, Adam's moments are updated in place. (Activations
     at batch 32 are at most 8192 x 32 floats, 1 MiB, and are made anew each step.)
     textbook: zero_grad(set_to_none=False), backward of loss + l2_penalty, step (with
-    momentum for SGD); fit: fit's own step (weight decay, backward(accumulate=False))."""
+    momentum for SGD); fit: fit's own step (weight decay, backward(accumulate=False,
+    factored=True): no weight gradient buffers at all)."""
     mg.manual_seed(0)
     model = nn.Bigger()
     if loop == "fit":
@@ -506,12 +533,15 @@ def test_bigger_training_steps_reuse_their_large_buffers(optimizer, loop):
     counts = [mg.large_allocations()]
     for _ in range(3):
         if loop == "fit":
-            nn.nll_loss(model(Tensor(x)), y).backward(accumulate=False)
+            nn.nll_loss(model(Tensor(x)), y).backward(accumulate=False, factored=True)
         else:
             loss = nn.nll_loss(model(Tensor(x)), y) + nn.l2_penalty(model, alpha=1e-4)
             opt.zero_grad(set_to_none=False)
             loss.backward()
         opt.step()
         counts.append(mg.large_allocations())
-    assert counts[1] > counts[0]      # the first step allocated gradients (and state): the counter sees it
+    if loop == "fit" and optimizer == "sgd":   # no gradient buffers: the weights' stay factored
+        assert counts[1] == counts[0]
+    else:
+        assert counts[1] > counts[0]  # the first step allocated gradients (and state): the counter sees it
     assert counts[3] == counts[1]     # the later steps allocated nothing large

@@ -11,7 +11,7 @@ import pytest
 import mocrograd as mg
 from mocrograd import GradcheckError, Matrix, Tensor, gradcheck, no_grad
 from mocrograd import train
-from mocrograd.tensor import gradient_bound
+from mocrograd.tensor import gradient_bound, gradient_factors
 
 
 # ----------------------------------------------------------------------------- op table
@@ -315,6 +315,10 @@ def test_no_bound_without_a_proof_for_the_whole_gradient():
     assert gradient_bound(w) is None
     reused_weight_graph(w, b, None, x).backward(accumulate=False)   # other rules write w's gradient too
     assert gradient_bound(w) is None
+    (w.sum_squares() + mg.linear(x, w, b).sum()).backward(accumulate=False)   # in either order
+    assert gradient_bound(w) is None
+    (mg.linear(x, w, b).sum() + w.sum_squares()).backward(accumulate=False)
+    assert gradient_bound(w) is None
     mg.linear(x, w, b).sum().backward(accumulate=False)
     assert gradient_bound(w) is not None
     other = Tensor([[1.0]], requires_grad=True)
@@ -349,6 +353,54 @@ def test_the_finiteness_check_scans_only_unproved_gradients(monkeypatch):
     monkeypatch.setattr(train, "_finite", lambda matrix: scanned.append(matrix) or True)
     assert train._first_non_finite([w, b], ["w", "b"], "gradient") is None
     assert len(scanned) == 1 and scanned[0] is b.grad.data
+
+
+def twin(tensors):
+    """Fresh leaves with the same values (and requires_grad) as tensors."""
+    return [Tensor(t.numpy().copy(), requires_grad=t.requires_grad, dtype=t.dtype) for t in tensors]
+
+
+def test_factored_backward_leaves_a_weight_gradient_as_g_and_x(each_backend):
+    rng = np.random.default_rng(9)
+    w, b, x = wide_layer(rng, np.float64)
+    x.requires_grad = True
+    w2, b2, x2 = twin((w, b, x))
+    (mg.linear(x, w, b, relu=True).sum() * 3).backward(accumulate=False, factored=True)
+    assert w.grad is None and gradient_bound(w) is not None      # proved finite, so left factored
+    (mg.linear(x2, w2, b2, relu=True).sum() * 3).backward()      # the oracle: formed gradients
+    g, xm = gradient_factors(w)
+    np.testing.assert_allclose(g.numpy() @ xm.numpy().T, w2.grad.numpy(), rtol=1e-13)
+    np.testing.assert_allclose(b.grad.numpy(), b2.grad.numpy(), rtol=1e-13)
+    np.testing.assert_allclose(x.grad.numpy(), x2.grad.numpy(), rtol=1e-13)
+    w.zero_grad()                                                # forgets the factors too
+    assert gradient_factors(w) is None
+
+
+def test_factored_backward_forms_what_it_cannot_factor():
+    rng = np.random.default_rng(10)
+    w, b, x = wide_layer(rng, np.float64)
+    x2 = Tensor(rng.standard_normal((53, 5)), dtype=np.float64)
+    twice = lambda w, b: mg.linear(x, w, b).sum() + mg.linear(x2, w, b).sum()
+    twice(w, b).backward(accumulate=False, factored=True)         # w used twice: one rule cannot own it
+    w_ref, b_ref = twin((w, b))
+    twice(w_ref, b_ref).backward()
+    assert gradient_factors(w) is None
+    np.testing.assert_allclose(w.grad.numpy(), w_ref.grad.numpy(), rtol=1e-13)
+
+    mg.linear(x, w, b).sum().backward(accumulate=False, factored=True)
+    mg.linear(x, w_ref, b_ref).sum().backward(accumulate=False)
+    mg.linear(x2, Tensor(w.numpy()), b).sum().backward()         # a later pass that does not reach w
+    assert gradient_factors(w) is not None                        # ... leaves its gradient factored
+    mg.linear(x2, w, b).sum().backward()                          # one that adds to it forms it first
+    mg.linear(x2, w_ref, b_ref).sum().backward()
+    assert gradient_factors(w) is None
+    np.testing.assert_allclose(w.grad.numpy(), w_ref.grad.numpy(), rtol=1e-13)
+
+    x.numpy()[0, 0] = np.inf                                      # no proof of finiteness: formed (and scanned)
+    mg.linear(x, w, b).sum().backward(accumulate=False, factored=True)
+    assert gradient_factors(w) is None and not np.isfinite(w.grad.numpy()).all()
+    with pytest.raises(ValueError, match=r"factored=True\) needs accumulate=False"):
+        mg.linear(x, w, b).sum().backward(factored=True)
 
 
 def test_fused_linear_takes_a_matrix_batch_of_the_same_dtype():

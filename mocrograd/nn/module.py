@@ -41,7 +41,7 @@ class Module:
         """Clear the gradients of all parameters (to None, or to zeros keeping the buffers)."""
         for p in self.parameters():
             if set_to_none or p.grad is None:
-                p.grad = None
+                p.zero_grad()
             else:
                 p.grad.data.zero_()
 
