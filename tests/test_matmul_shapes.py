@@ -26,6 +26,8 @@ SHAPES = [
     (2100, 7, 3),
     # one strip of B packed whole, several k-blocks per row tile: narrow and wide tiles, an edge tile
     (301, 2100, 9), (25, 1500, 20), (130, 1300, 32),
+    # more strips than row tiles but several row tiles per thread: the rows are cut
+    (100, 40, 600),
 ]
 
 
@@ -99,6 +101,7 @@ NETWORK = [
     ((256, 32), (1024, 32), False, True),
     ((2048, 64), (2048, 32), True, False),   # a first layer's W^T G: 64 x 32 from k = 2048 (split-k)
     ((300, 300), (300, 300), False, False),
+    ((96, 8), (700, 8), False, True),        # a block of rows of a factored G X^T (rows cut)
 ]
 
 
