@@ -426,21 +426,18 @@ def linear(x, weight, bias, relu=False):
         if relu:
             g = y.relu_grad(g)          # y > 0 exactly where the pre-activation was > 0
         dx = w.matmul(g, trans_a=True) if x.requires_grad else None
-        if id(weight) in _factor:
-            bound = _product_bound(g, xm, xm.shape[1])
-            if proves_finite(bound, weight.dtype):
-                weight.grad = None
-                _note_bound(weight, bound, True, (g, xm))
-                return dx, ACCUMULATED, (g.sum(axis=1) if bias.requires_grad else None)
-        w_buffer, overwrite = _leaf_grad_buffer(weight)
-        if w_buffer is not None:
-            g.matmul(xm, trans_b=True, out=w_buffer, accumulate=not overwrite)
-            _note_bound(weight, _product_bound(g, xm, xm.shape[1]), overwrite)
-            dw = ACCUMULATED
-        else:
-            dw = g.matmul(xm, trans_b=True) if weight.requires_grad else None
         db = g.sum(axis=1) if bias.requires_grad else None
-        return dx, dw, db
+        if not (weight.requires_grad and weight._backward is None):   # not a leaf: through the graph
+            return dx, (g.matmul(xm, trans_b=True) if weight.requires_grad else None), db
+        bound = _product_bound(g, xm, xm.shape[1])
+        if id(weight) in _factor and proves_finite(bound, weight.dtype):
+            weight.grad = None
+            _note_bound(weight, bound, True, (g, xm))
+        else:
+            w_buffer, overwrite = _leaf_grad_buffer(weight)
+            g.matmul(xm, trans_b=True, out=w_buffer, accumulate=not overwrite)
+            _note_bound(weight, bound, overwrite)
+        return dx, ACCUMULATED, db
     return Tensor._result(y, "linear_relu" if relu else "linear", (x, weight, bias), backward)
 
 
