@@ -391,8 +391,9 @@ def _apply_rules(order, grads):
         if g is None:
             continue
         if node._backward is None:       # a leaf: accumulate into (or replace) .grad
-            _take_factors(node, id(node) in _overwrite)
-            overwrite = node.grad is None or id(node) in _overwrite
+            replace = id(node) in _overwrite
+            _take_factors(node, replace)
+            overwrite = replace or node.grad is None
             if node.grad is None:
                 node.grad = Tensor(g.copy())
             elif overwrite:

@@ -4,7 +4,9 @@ Three ideas, used everywhere:
   * the innermost loop runs over contiguous memory with no branch the compiler
     cannot hoist, so GCC/Clang vectorize it (-O3);
   * the output is cut into ``workers`` chunks of independent rows, columns or
-    tiles, run by ``prange`` on at most ``threads_for(workers)`` OpenMP threads;
+    tiles, run by ``prange`` on at most ``threads_for(workers)`` OpenMP threads
+    (each body assigns its chunk's bounds lo, hi itself: Cython makes a variable
+    private to a thread only where the body assigns it, not through a pointer);
   * every output element is computed by exactly one chunk, in an order that does
     not depend on the chunking, so results are bit-identical for any worker count.
 Matmul adds cache blocking over k, a packed panel of B and a register tile.
@@ -15,7 +17,7 @@ from libc.math cimport exp, expf, log, logf, pow, powf, sqrt, INFINITY
 from libc.stdlib cimport malloc, free
 
 from .ops cimport *
-from .parallel cimport threads_for, split
+from .parallel cimport threads_for
 
 # ---------------------------------------------------------------- matmul
 #

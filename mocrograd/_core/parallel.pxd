@@ -4,4 +4,3 @@ cdef int available_threads() noexcept nogil
 cdef int threads_for(int workers) noexcept nogil
 cdef int chunks_for(double work, double grain, int workers) noexcept nogil
 cdef int dynamic_workers(double work, double grain) noexcept nogil
-cdef void split(Py_ssize_t n, int chunks, int chunk, Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil

@@ -133,12 +133,6 @@ cdef void _probe() noexcept nogil:
     _last_wall, _last_machine, _last_process = wall, machine, process
 
 
-cdef void split(Py_ssize_t n, int chunks, int chunk, Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
-    """Bounds [lo, hi) of chunk ``chunk`` when ``n`` items are cut into ``chunks`` even parts."""
-    lo[0] = (n * chunk) // chunks
-    hi[0] = (n * (chunk + 1)) // chunks
-
-
 def machine_contended():
     """True when the last probe found other processes keeping cores busy (dynamic then uses fewer threads)."""
     return _uncontended < _threads

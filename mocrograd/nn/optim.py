@@ -113,21 +113,23 @@ class Optimizer:
         """(rows, gradient) pairs covering p's gradient in order: ``rows`` a slice of p's
         rows and ``gradient`` those rows of it, a Matrix. A factored gradient (G, X) is
         formed here, ROW_BLOCK_BYTES at a time into a buffer the optimizer keeps; any
-        other is one block, p.grad itself. Empty when p has no gradient."""
+        other is one block, p.grad itself. None when p has no gradient."""
         factors = gradient_factors(p)
         if factors is None:
-            return [] if p.grad is None else [(slice(None), p.grad.data)]
+            if p.grad is not None:
+                yield slice(None), p.grad.data
+            return
         g, x = factors
         rows, cols = p.shape
-        step = max(1, ROW_BLOCK_BYTES // (cols * p.dtype.itemsize))
+        step = min(rows, max(1, ROW_BLOCK_BYTES // (cols * p.dtype.itemsize)))
         buffer = self._scratch.get(p.dtype)
-        if buffer is None or buffer.size < min(step, rows) * cols:
-            buffer = self._scratch[p.dtype] = np.empty(min(step, rows) * cols, dtype=p.dtype)
+        if buffer is None or buffer.size < step * cols:
+            buffer = self._scratch[p.dtype] = np.empty(step * cols, dtype=p.dtype)
         g_rows = g.numpy()
-        return ((slice(r, min(r + step, rows)),
-                 Matrix(g_rows[r:r + step]).matmul(x, trans_b=True, out=Matrix(
-                     buffer[:(min(r + step, rows) - r) * cols].reshape(-1, cols))))
-                for r in range(0, rows, step))
+        for start in range(0, rows, step):
+            end = min(start + step, rows)
+            block = Matrix(buffer[:(end - start) * cols].reshape(end - start, cols))
+            yield slice(start, end), Matrix(g_rows[start:end]).matmul(x, trans_b=True, out=block)
 
     # ------------------------------------------------------------- state
     # Each optimizer names its hyperparameters (HYPER), its per-parameter buffers
@@ -294,14 +296,14 @@ class Adam(Optimizer):
     def step(self):
         self.steps += 1
         for i, p, group in self._each():
+            b1, b2 = group["betas"]
+            corrections = 1 - b1 ** self.steps, 1 - b2 ** self.steps
             for rows, grad in self._gradient_blocks(p):
-                b1, b2 = group["betas"]
                 if self.m[i] is None:
                     self.m[i] = Matrix.zeros(*p.shape, dtype=p.dtype)
                     self.v[i] = Matrix.zeros(*p.shape, dtype=p.dtype)
                 _rows(p.data, rows).adam_(grad, _rows(self.m[i], rows), _rows(self.v[i], rows), group["lr"],
-                                          b1, b2, group["eps"], 1 - b1 ** self.steps, 1 - b2 ** self.steps,
-                                          group["weight_decay"])
+                                          b1, b2, group["eps"], *corrections, group["weight_decay"])
 
     def _check_consistent(self, state, buffers):
         steps = state["steps"]
