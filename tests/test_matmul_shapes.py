@@ -1,7 +1,7 @@
 """The optimized matmul (and the ladder steps) against NumPy on awkward shapes.
 
 Every transpose combination, float32 and float64, worker counts 1, 2, 3, 7 and
-64, accumulate=True, and bit-identical results whatever the worker count.
+64, accumulate=True (with the scales alpha and beta), and bit-identical results whatever the worker count.
 """
 import numpy as np
 import pytest
@@ -52,11 +52,11 @@ def _tol(dtype, k):
     return 8 * eps * max(k, 1) ** 0.5 * 4
 
 
-def _matmul(a, b, ta, tb, workers, out=None, accumulate=False):
+def _matmul(a, b, ta, tb, workers, out=None, accumulate=False, alpha=1.0, beta=1.0):
     mocrograd.set_backend("optimized", workers=workers, grain=1)
     try:
         return np.asarray(Matrix(a).matmul(Matrix(b), trans_a=ta, trans_b=tb, out=out,
-                                           accumulate=accumulate)).copy()
+                                           accumulate=accumulate, alpha=alpha, beta=beta)).copy()
     finally:
         mocrograd.set_backend("dynamic")
 
@@ -75,17 +75,25 @@ def test_matches_numpy_and_is_bit_identical(m, k, n, ta, tb, dtype):
         assert np.array_equal(r, results[0]), f"workers={w} differs from workers=1"
 
 
+# Every path of the kernel adds into out its own way: the general loop, split-k
+# (64 x 1100 x 32 on 2+ workers), one strip packed whole, the thin kernels, rows cut.
+ACCUMULATE_SHAPES = [(1, 1, 1), (13, 300, 45), (40, 1030, 32), (64, 1100, 32), (301, 2100, 9),
+                     (600, 50, 13), (37, 9, 4), (4500, 20, 1), (100, 40, 600)]
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("alpha,beta", [(1.0, 1.0), (-0.3, 0.7)], ids=["plain", "scaled"])
 @pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)])
-@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (13, 300, 45), (40, 1030, 32)])
-def test_accumulate(m, k, n, ta, tb, dtype):
+@pytest.mark.parametrize("m,k,n", ACCUMULATE_SHAPES)
+def test_accumulate(m, k, n, ta, tb, alpha, beta, dtype):
+    """out = alpha * product + beta * out (an SGD step with a factored gradient)."""
     a, b = _operands(m, k, n, ta, tb, dtype, seed=1)
     start = _rng(2).standard_normal((m, n)).astype(dtype)
-    ref = start.astype(np.float64) + _reference(a, b, ta, tb)
+    ref = beta * start.astype(np.float64) + alpha * _reference(a, b, ta, tb)
     results = []
     for w in WORKERS:
         out = Matrix(start.copy())
-        _matmul(a, b, ta, tb, w, out=out, accumulate=True)
+        _matmul(a, b, ta, tb, w, out=out, accumulate=True, alpha=alpha, beta=beta)
         results.append(np.asarray(out).copy())
     tol = _tol(dtype, k)
     np.testing.assert_allclose(results[0], ref, rtol=tol, atol=tol * np.abs(ref).max())

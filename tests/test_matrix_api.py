@@ -322,6 +322,18 @@ def test_matmul_out_must_fit():
         a.matmul(b, accumulate=True)
 
 
+def test_matmul_scales_must_be_finite_and_beta_needs_accumulate():
+    a, b, out = Matrix.full(2, 3, 1.0), Matrix.full(3, 4, 1.0), Matrix.full(2, 4, 1.0)
+    with pytest.raises(ValueError, match="beta=0.5 scales out's old values, which only accumulate=True adds to"):
+        a.matmul(b, out=out, beta=0.5)
+    for alpha, beta in [(float("nan"), 1.0), (1.0, float("inf")), (1e39, 1.0)]:   # 1e39 is inf in float32
+        with pytest.raises(ValueError, match="alpha and beta must be finite in float32"):
+            a.matmul(b, out=out, accumulate=True, alpha=alpha, beta=beta)
+    assert np.array_equal(out.numpy(), np.ones((2, 4)))    # nothing was written
+    big = Matrix.full(2, 3, 1.0, dtype=np.float64).matmul(Matrix.full(3, 4, 1.0, dtype=np.float64), alpha=1e39)
+    assert np.array_equal(big.numpy(), np.full((2, 4), 3e39))
+
+
 def test_matmul_out_must_not_overlap_its_operands():
     a, b = Matrix.randn(3, 3, seed=0), Matrix.randn(3, 3, seed=1)
     for out in (a, b, Matrix(b.numpy())):     # the last one is another Matrix on b's memory

@@ -102,18 +102,26 @@ def test_matmul_matches_numpy(backend, dtype, m, k, n, trans_a, trans_b, rng, as
     assert_within(result, a64 @ b64, matmul_bound(a64, b64, 0, dtype))
 
 
-@pytest.mark.parametrize("accumulate", [False, True], ids=["overwrite", "accumulate"])
+# (accumulate, alpha, beta): out = alpha * product (+ beta * out when accumulating)
+INTO_OUT = {"overwrite": (False, 1.0, 1.0), "accumulate": (True, 1.0, 1.0),
+            "scaled": (False, -1.7, 1.0), "scaled_accumulate": (True, -0.3, 0.7), "beta_0": (True, 0.6, 0.0)}
+
+
+@pytest.mark.parametrize("mode", INTO_OUT)
 @pytest.mark.parametrize("trans_a,trans_b", TRANSPOSES, ids=TRANSPOSE_IDS)
 @pytest.mark.parametrize("m,k,n", [(1, 1, 1), (9, 257, 33), (17, 300, 65)], ids=["1x1x1", "9x257x33", "17x300x65"])
-def test_matmul_into_out(backend, dtype, m, k, n, trans_a, trans_b, accumulate, rng, assert_within):
+def test_matmul_into_out(backend, dtype, m, k, n, trans_a, trans_b, mode, rng, assert_within):
+    accumulate, alpha, beta = INTO_OUT[mode]
     a, b, a64, b64 = operands(rng, m, k, n, trans_a, trans_b, dtype)
-    # Without accumulate, out starts as NaN: every element must be overwritten.
-    c = rng.standard_normal((m, n)).astype(dtype) if accumulate else np.full((m, n), np.nan, dtype)
+    # Unless out's old values count, out starts as NaN: every element must be overwritten.
+    reads_out = accumulate and beta != 0
+    c = rng.standard_normal((m, n)).astype(dtype) if reads_out else np.full((m, n), np.nan, dtype)
     out = Matrix(c.copy())
-    result = Matrix(a).matmul(Matrix(b), trans_a=trans_a, trans_b=trans_b, out=out, accumulate=accumulate)
+    result = Matrix(a).matmul(Matrix(b), trans_a=trans_a, trans_b=trans_b, out=out, accumulate=accumulate,
+                              alpha=alpha, beta=beta)
     assert result is out
-    c64 = f64(c) if accumulate else np.zeros((m, n))
-    assert_within(out, c64 + a64 @ b64, matmul_bound(a64, b64, c64, dtype))
+    c64 = beta * f64(c) if reads_out else np.zeros((m, n))
+    assert_within(out, c64 + alpha * a64 @ b64, matmul_bound(alpha * a64, b64, c64, dtype))
 
 
 @pytest.mark.parametrize("relu", [False, True], ids=["linear", "linear_relu"])

@@ -434,10 +434,13 @@ def test_optimizer_state_keeps_each_groups_settings():
 
 
 @pytest.mark.parametrize("make", [lambda p: nn.SGD(p, lr=0.1, momentum=0.9, weight_decay=0.01),
-                                  lambda p: nn.Adam(p, lr=0.01, weight_decay=0.01)], ids=["sgd", "adam"])
+                                  lambda p: nn.Adam(p, lr=0.01, weight_decay=0.01),
+                                  lambda p: nn.SGD(p, lr=0.1, weight_decay=0.01)],
+                         ids=["sgd_momentum", "adam", "sgd_one_product"])
 def test_a_step_forms_a_factored_gradient_block_by_block(make, each_backend, monkeypatch):
     """The step from a factored weight gradient (backward(factored=True)) is the step from
-    the formed one: 5 rows per block here, so 37 rows are 7 whole blocks and a partial one."""
+    the formed one: 5 rows per block here, so 37 rows are 7 whole blocks and a partial one.
+    SGD without momentum forms no block: its step is one product into the weight."""
     monkeypatch.setattr(optim, "ROW_BLOCK_BYTES", 5 * 53 * 8)
     rng = np.random.default_rng(11)
     w, b = (Tensor(rng.standard_normal(s), requires_grad=True, dtype=np.float64) for s in ((37, 53), (37, 1)))
@@ -453,6 +456,8 @@ def test_a_step_forms_a_factored_gradient_block_by_block(make, each_backend, mon
     np.testing.assert_allclose(w.numpy(), w2.numpy(), rtol=1e-13, atol=1e-15)
     np.testing.assert_allclose(b.numpy(), b2.numpy(), rtol=1e-13, atol=1e-15)
     assert not np.allclose(w.numpy(), rng.standard_normal((37, 53)))   # (it moved: not a no-op pair)
+    one_product = isinstance(factored, nn.SGD) and not factored.momentum
+    assert bool(factored._scratch) != one_product     # blocks were formed, or none
 
 
 def test_optimizers_skip_parameters_without_a_gradient():

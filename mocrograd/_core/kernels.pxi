@@ -8,10 +8,11 @@
 # the output is cut into (the naive variant ignores it and uses one thread).
 from cython cimport floating
 
-# out = op(a) @ op(b)  (+ out when accumulate), op(x) = x.T when the flag is set.
-# Returns 0, or -1 when its workspace could not be allocated (out is then untouched).
+# out = alpha * op(a) @ op(b) + beta * out, op(x) = x.T when the flag is set (BLAS's
+# gemm); out is not read when beta is 0. Returns 0, or -1 when its workspace could not
+# be allocated (out is then untouched).
 cdef int matmul(const floating[:, ::1] a, bint trans_a, const floating[:, ::1] b, bint trans_b,
-                 floating[:, ::1] out, bint accumulate, int workers) noexcept nogil
+                 floating[:, ::1] out, double alpha, double beta, int workers) noexcept nogil
 
 # out = a (op) b, where a and b are out's shape or broadcast to it from (r, 1), (1, c) or (1, 1).
 cdef void binary(int op, const floating[:, ::1] a, const floating[:, ::1] b,

@@ -234,7 +234,7 @@ cdef int _run(int step, floating[:, ::1] a, floating[:, ::1] b, floating[:, ::1]
     else:
         # 8. the library's kernel: A panels packed too, B groups sized for L2, a
         #    12 x 32 tile, deeper k-blocks for thin B, the longer side split.
-        return optimized.matmul(a, False, b, False, out, False, workers)
+        return optimized.matmul(a, False, b, False, out, 1.0, 0.0, workers)
     return 0
 
 

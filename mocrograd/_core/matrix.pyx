@@ -11,6 +11,7 @@ because no layer, loss or optimizer has a use for one.
 from cpython.buffer cimport PyBUF_FORMAT, PyBUF_ND, PyBUF_STRIDES
 from cpython.pyport cimport PY_SSIZE_T_MAX
 from cython cimport floating
+from libc.math cimport isfinite
 import numbers
 
 import numpy as np
@@ -86,10 +87,10 @@ cdef inline int _workers_for_elements(double elements) noexcept nogil:
 # choose float or double. Both choices are made once per call, outside loops.
 
 cdef int _matmul(const floating[:, ::1] a, bint ta, const floating[:, ::1] b, bint tb,
-                 floating[:, ::1] out, bint accumulate, double work) noexcept nogil:
+                 floating[:, ::1] out, double alpha, double beta, double work) noexcept nogil:
     if _variant == NAIVE:
-        return naive.matmul(a, ta, b, tb, out, accumulate, 1)
-    return optimized.matmul(a, ta, b, tb, out, accumulate, _workers_for(work))
+        return naive.matmul(a, ta, b, tb, out, alpha, beta, 1)
+    return optimized.matmul(a, ta, b, tb, out, alpha, beta, _workers_for(work))
 
 
 cdef void _binary(int op, const floating[:, ::1] a, const floating[:, ::1] b,
@@ -489,10 +490,14 @@ cdef class Matrix:
         pass
 
     # -- matrix products
-    def matmul(self, other, bint trans_a=False, bint trans_b=False, out=None, bint accumulate=False):
-        """op(self) @ op(other), op = transpose when its flag is set, without copying a transpose.
+    def matmul(self, other, bint trans_a=False, bint trans_b=False, out=None, bint accumulate=False,
+               double alpha=1.0, double beta=1.0):
+        """alpha * op(self) @ op(other), op = transpose when its flag is set, without copying a transpose.
 
-        With ``out`` the result is written there (added to it when ``accumulate``)."""
+        With ``out`` the result is written there; with ``accumulate`` too, added to
+        beta * out (BLAS's gemm: out = alpha * product + beta * out, one pass over out;
+        beta 0 does not read it). So ``g.matmul(x, trans_b=True, out=w, accumulate=True,
+        alpha=-lr, beta=1 - lr * wd)`` is an SGD step with the gradient g x^T, never formed."""
         cdef Matrix b = _same_kind(self, other, "matmul")
         cdef Py_ssize_t m = self.cols if trans_a else self.rows
         cdef Py_ssize_t k = self.rows if trans_a else self.cols
@@ -511,12 +516,18 @@ cdef class Matrix:
             raise ValueError("matmul: out must not overlap self or other (the product reads them while writing out)")
         if accumulate and out is None:
             raise ValueError("matmul: accumulate=True needs an out matrix to add to")
+        if not (isfinite(alpha) and isfinite(beta) and (self.is64 or isfinite(<float>alpha) and isfinite(<float>beta))):
+            raise ValueError(f"matmul: alpha and beta must be finite in {self.dtype}, got {alpha} and {beta}")
+        if beta != 1 and not accumulate:
+            raise ValueError(f"matmul: beta={beta} scales out's old values, which only accumulate=True adds to")
+        if not accumulate:
+            beta = 0
         cdef double work = <double>m * n * k
         with nogil:
             if self.is64:
-                status = _matmul(self.f64, trans_a, b.f64, trans_b, result.f64, accumulate, work)
+                status = _matmul(self.f64, trans_a, b.f64, trans_b, result.f64, alpha, beta, work)
             else:
-                status = _matmul(self.f32, trans_a, b.f32, trans_b, result.f32, accumulate, work)
+                status = _matmul(self.f32, trans_a, b.f32, trans_b, result.f32, alpha, beta, work)
         if status != 0:
             raise MemoryError("matmul: could not allocate its packing workspace")
         return result

@@ -32,19 +32,22 @@ cdef inline double _unary_op(int op, double x, double s) noexcept nogil:
 
 
 cdef int matmul(const floating[:, ::1] a, bint trans_a, const floating[:, ::1] b, bint trans_b,
-                 floating[:, ::1] out, bint accumulate, int workers) noexcept nogil:
+                 floating[:, ::1] out, double alpha, double beta, int workers) noexcept nogil:
     cdef Py_ssize_t m = out.shape[0], n = out.shape[1]
     cdef Py_ssize_t k = a.shape[0] if trans_a else a.shape[1]
     cdef Py_ssize_t i, j, p
     cdef floating total, a_ip, b_pj
     for i in range(m):
         for j in range(n):
-            total = out[i, j] if accumulate else 0
+            total = 0
             for p in range(k):
                 a_ip = a[p, i] if trans_a else a[i, p]
                 b_pj = b[j, p] if trans_b else b[p, j]
                 total = total + a_ip * b_pj
-            out[i, j] = total
+            if beta == 0:   # out is not read
+                out[i, j] = <floating>alpha * total
+            else:
+                out[i, j] = <floating>beta * out[i, j] + <floating>alpha * total
     return 0
 
 
@@ -235,7 +238,7 @@ cdef int linear(const floating[:, ::1] w, const floating[:, ::1] x, const floati
     # The product (the matmul above), then the bias and the activation.
     cdef Py_ssize_t i, j
     cdef floating total
-    matmul(w, False, x, False, out, False, 1)
+    matmul(w, False, x, False, out, 1.0, 0.0, 1)
     for i in range(out.shape[0]):
         for j in range(out.shape[1]):
             total = out[i, j] + bias[i, 0]

@@ -278,22 +278,24 @@ cdef inline Py_ssize_t _nr(const floating* x) noexcept nogil:
 
 
 cdef inline void _store_tile(const floating* acc, Py_ssize_t tile_cols, floating* c, Py_ssize_t ldc,
-                             Py_ssize_t mr, Py_ssize_t nr, bint overwrite) noexcept nogil:
-    """c[:mr, :nr] = (or +=) the register tile's sums (only the part that exists at an edge)."""
+                             Py_ssize_t mr, Py_ssize_t nr, floating alpha, floating beta) noexcept nogil:
+    """c[:mr, :nr] = beta * c + alpha * the register tile's sums (only the part that
+    exists at an edge); c is not read when beta is 0. With alpha = beta = 1 this is
+    exactly c + sums, so the scales cost nothing to the plain product."""
     cdef Py_ssize_t i, j
     for i in range(mr):
-        if overwrite:
+        if beta == 0:
             for j in range(nr):
-                c[i * ldc + j] = acc[i * tile_cols + j]
+                c[i * ldc + j] = alpha * acc[i * tile_cols + j]
         else:
             for j in range(nr):
-                c[i * ldc + j] += acc[i * tile_cols + j]
+                c[i * ldc + j] = beta * c[i * ldc + j] + alpha * acc[i * tile_cols + j]
 
 
 cdef inline void _micro_tile(Py_ssize_t kc, const floating* a, Py_ssize_t sai, Py_ssize_t sap,
                              const floating* bp, floating* c, Py_ssize_t ldc,
-                             Py_ssize_t mr, Py_ssize_t nr, bint overwrite) noexcept nogil:
-    """c[:mr, :nr] (+)= a[:MR, :kc] @ bp[:kc, :NR]: the micro-kernel.
+                             Py_ssize_t mr, Py_ssize_t nr, floating alpha, floating beta) noexcept nogil:
+    """c[:mr, :nr] = beta * c + alpha * a[:MR, :kc] @ bp[:kc, :NR]: the micro-kernel.
 
     The MR x NR sums live in registers for the whole k loop: per step p it loads
     two vectors of B, broadcasts MR values of A and issues 2 * MR FMAs. The plain
@@ -317,12 +319,12 @@ cdef inline void _micro_tile(Py_ssize_t kc, const floating* a, Py_ssize_t sai, P
                 a_ip = a[i * sai + p * sap]
                 for j in range(NR):
                     acc[i * NR + j] = MOCRO_FMAF(a_ip, bp[p * NR + j], acc[i * NR + j])
-    _store_tile(acc, NR, c, ldc, mr, nr, overwrite)
+    _store_tile(acc, NR, c, ldc, mr, nr, alpha, beta)
 
 
 cdef inline void _micro_tile_narrow(Py_ssize_t kc, const floating* a, Py_ssize_t sai, Py_ssize_t sap,
                                     const floating* bp, floating* c, Py_ssize_t ldc,
-                                    Py_ssize_t mr, Py_ssize_t nr, bint overwrite) noexcept nogil:
+                                    Py_ssize_t mr, Py_ssize_t nr, floating alpha, floating beta) noexcept nogil:
     """The same with the narrow MR x NR/2 tile (one SIMD vector), for n <= NR/2: on a
     batch of 8 the wide tile leaves three quarters of its lanes idle, this one half."""
     cdef floating acc[MR * HALF_NR_F32]
@@ -330,7 +332,7 @@ cdef inline void _micro_tile_narrow(Py_ssize_t kc, const floating* a, Py_ssize_t
         mocro_narrow_tile_f32(kc, a, sai, sap, bp, acc)
     else:
         mocro_narrow_tile_f64(kc, a, sai, sap, bp, acc)
-    _store_tile(acc, _nr(a) // 2, c, ldc, mr, nr, overwrite)
+    _store_tile(acc, _nr(a) // 2, c, ldc, mr, nr, alpha, beta)
 
 
 cdef inline void _pack_b(const floating* b, Py_ssize_t sbp, Py_ssize_t sbj, Py_ssize_t kc,
@@ -374,8 +376,10 @@ cdef inline void _pack_a(const floating* a, Py_ssize_t sai, Py_ssize_t sap, Py_s
 
 cdef inline void _block(bint narrow, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t s0, Py_ssize_t s1,
                         Py_ssize_t m, Py_ssize_t n, Py_ssize_t kc, const floating* a, Py_ssize_t sai,
-                        Py_ssize_t sap, const floating* bp, floating* c, bint overwrite) noexcept nogil:
-    """Rows r0..r1-1 x strips s0..s1-1 of the output, for one k-block (bp = its packed B)."""
+                        Py_ssize_t sap, const floating* bp, floating* c, floating alpha,
+                        floating beta) noexcept nogil:
+    """Rows r0..r1-1 x strips s0..s1-1 of the output, for one k-block (bp = its packed B):
+    c = beta * c + alpha * the block's sums (beta is 1 after a product's first k-block)."""
     cdef floating a_pack[MR * KC_MAX]
     cdef Py_ssize_t NR = _nr(a) // 2 if narrow else _nr(a), i0, mr, s, j0
     cdef const floating* panel
@@ -396,17 +400,17 @@ cdef inline void _block(bint narrow, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t s0
             j0 = s * NR
             if narrow:
                 _micro_tile_narrow(kc, panel, panel_i, panel_p, bp + s * kc * NR, c + i0 * n + j0, n,
-                                   mr, min(NR, n - j0), overwrite)
+                                   mr, min(NR, n - j0), alpha, beta)
             else:
                 _micro_tile(kc, panel, panel_i, panel_p, bp + s * kc * NR, c + i0 * n + j0, n,
-                            mr, min(NR, n - j0), overwrite)
+                            mr, min(NR, n - j0), alpha, beta)
         i0 += MR
 
 
 cdef int _matmul_split_k(bint narrow, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t kc_max,
                          Py_ssize_t n_strips, const floating* a, Py_ssize_t sai, Py_ssize_t sap,
-                         const floating* b, Py_ssize_t sbp, Py_ssize_t sbj, floating* c, bint accumulate,
-                         int workers) noexcept nogil:
+                         const floating* b, Py_ssize_t sbp, Py_ssize_t sbj, floating* c, floating alpha,
+                         floating beta, int workers) noexcept nogil:
     """matmul for a small output and a deep k (W^T G of a first layer: 64 x 32 from k = 8192):
     the k-blocks, not the few output tiles, are shared among the threads. Block b's sums
     go to its own m x n buffer, exactly as the plain loop's register tiles would hold
@@ -431,14 +435,14 @@ cdef int _matmul_split_k(bint narrow, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, 
         bp = partial + n_blocks * size + blk * packed
         for s in range(n_strips):
             _pack_b(b + pc * sbp + s * NR * sbj, sbp, sbj, kc, min(NR, n - s * NR), NR, bp + s * kc * NR)
-        _block(narrow, 0, m, 0, n_strips, m, n, kc, a + pc * sap, sai, sap, bp, partial + blk * size, True)
+        _block(narrow, 0, m, 0, n_strips, m, n, kc, a + pc * sap, sai, sap, bp, partial + blk * size, 1, 0)
     for chunk in prange(workers, nogil=True, num_threads=n_threads, schedule='static'):
         lo = (size * chunk) // workers
         hi = (size * (chunk + 1)) // workers
         for i in range(lo, hi):
-            total = c[i] + partial[i] if accumulate else partial[i]
+            total = beta * c[i] + alpha * partial[i] if beta != 0 else alpha * partial[i]
             for blk in range(1, n_blocks):
-                total = total + partial[blk * size + i]
+                total = total + alpha * partial[blk * size + i]
             c[i] = total
     free(partial)
     return 0
@@ -463,8 +467,8 @@ cdef inline void _thin_axpy(Py_ssize_t J, Py_ssize_t w, Py_ssize_t rows, const f
 
 
 cdef int _matmul_thin(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a, bint trans_a,
-                      const floating* b, Py_ssize_t sbp, Py_ssize_t sbj, floating* c, bint accumulate,
-                      int workers) noexcept nogil:
+                      const floating* b, Py_ssize_t sbp, Py_ssize_t sbj, floating* c, floating alpha,
+                      floating beta, int workers) noexcept nogil:
     """matmul for n <= THIN columns (matrix-vector work; n <= 8 with DOT8), or
     n <= THIN_T when op(A) = A^T, rows of the output cut into ``workers`` chunks (fewer
     for small outputs, see below). op(B) is copied into a zero-padded buffer of J
@@ -505,7 +509,8 @@ cdef int _matmul_thin(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* 
                 _thin_dot(J, k, a + i * k, k if group == R else 0, bt, t)
                 for r in range(group):
                     for j in range(n):
-                        c[(i + r) * n + j] = c[(i + r) * n + j] + t[r * J + j] if accumulate else t[r * J + j]
+                        c[(i + r) * n + j] = beta * c[(i + r) * n + j] + alpha * t[r * J + j] if beta != 0 \
+                            else alpha * t[r * J + j]
                 i = i + group
         else:             # output rows i0..i0+w-1 (columns of A): A's rows, 8 at a time, in order
             i0 = lo
@@ -520,8 +525,8 @@ cdef int _matmul_thin(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* 
                     p = p + r
                 for i in range(w):
                     for j in range(n):
-                        c[(i0 + i) * n + j] = c[(i0 + i) * n + j] + t[j * w + i] if accumulate \
-                            else t[j * w + i]
+                        c[(i0 + i) * n + j] = beta * c[(i0 + i) * n + j] + alpha * t[j * w + i] \
+                            if beta != 0 else alpha * t[j * w + i]
                 i0 = i0 + w
     free(bt)
     return 0
@@ -529,7 +534,7 @@ cdef int _matmul_thin(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* 
 
 cdef int _matmul_one_strip(bint narrow, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t kc_max,
                            const floating* a, Py_ssize_t sai, Py_ssize_t sap, const floating* b,
-                           Py_ssize_t sbp, Py_ssize_t sbj, floating* c, bint accumulate,
+                           Py_ssize_t sbp, Py_ssize_t sbj, floating* c, floating alpha, floating beta,
                            int workers) noexcept nogil:
     """matmul when op(B) is one strip wide (a batch: n <= NR) and small enough to pack
     whole (ONE_STRIP_BYTES): each row tile runs all its k-blocks before the next tile.
@@ -562,14 +567,14 @@ cdef int _matmul_one_strip(bint narrow, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k
             while pc < k:
                 kc = min(kc_max, k - pc)
                 _block(narrow, tile * MR, min(tile * MR + MR, m), 0, 1, m, n, kc, a + pc * sap, sai, sap,
-                       bp + pc * NR, c, pc == 0 and not accumulate)
+                       bp + pc * NR, c, alpha, beta if pc == 0 else 1)
                 pc = pc + kc
     free(bp)
     return 0
 
 
 cdef int matmul(const floating[:, ::1] a, bint trans_a, const floating[:, ::1] b, bint trans_b,
-                floating[:, ::1] out, bint accumulate, int workers) noexcept nogil:
+                floating[:, ::1] out, double alpha, double beta, int workers) noexcept nogil:
     cdef Py_ssize_t m = out.shape[0], n = out.shape[1]
     cdef Py_ssize_t k = a.shape[0] if trans_a else a.shape[1]
     # op(a)[i, p] = pa[i * sai + p * sap]; op(b)[p, j] = pb[p * sbp + j * sbj]
@@ -580,16 +585,19 @@ cdef int matmul(const floating[:, ::1] a, bint trans_a, const floating[:, ::1] b
     cdef Py_ssize_t NR = _nr(&out[0, 0]) // 2 if narrow else _nr(&out[0, 0])
     cdef Py_ssize_t n_strips, m_tiles, kc_max, strips_per_group, g0, g1, pc, kc, s, lo, hi
     cdef int chunk, n_threads = threads_for(workers)
-    cdef bint split_rows, overwrite
+    cdef bint split_rows
+    cdef floating alpha_f = <floating>alpha, beta_f = <floating>beta, beta_block
     cdef floating* bp
     if m == 0 or n == 0:
         return 0
-    if k == 0:
-        if not accumulate:
+    if k == 0:   # an empty sum: out = beta * out
+        if beta == 0:
             fill(0.0, out, workers)
+        elif beta != 1:
+            scale(beta, out, workers)
         return 0
     if n <= THIN or (DOT8 and n <= 8) or (trans_a and n <= THIN_T):
-        return _matmul_thin(m, n, k, &a[0, 0], trans_a, &b[0, 0], sbp, sbj, &out[0, 0], accumulate, workers)
+        return _matmul_thin(m, n, k, &a[0, 0], trans_a, &b[0, 0], sbp, sbj, &out[0, 0], alpha_f, beta_f, workers)
     n_strips = (n + NR - 1) // NR
     m_tiles = (m + MR - 1) // MR
     # Blocking depends on the shape only (never on workers): see the enum above.
@@ -606,18 +614,18 @@ cdef int matmul(const floating[:, ::1] a, bint trans_a, const floating[:, ::1] b
     # A few output tiles and several k-blocks: share the k-blocks instead (split-k).
     if n_threads > 1 and k > kc_max and m_tiles * n_strips < 4 * n_threads:
         if _matmul_split_k(narrow, m, n, k, kc_max, n_strips, &a[0, 0], sai, sap, &b[0, 0], sbp, sbj,
-                           &out[0, 0], accumulate, workers) == 0:
+                           &out[0, 0], alpha_f, beta_f, workers) == 0:
             return 0
     if n_strips == 1 and not trans_a and k * NR * sizeof(floating) <= ONE_STRIP_BYTES:
         return _matmul_one_strip(narrow, m, n, k, kc_max, &a[0, 0], sai, sap, &b[0, 0], sbp, sbj,
-                                 &out[0, 0], accumulate, workers)
+                                 &out[0, 0], alpha_f, beta_f, workers)
     bp = <floating*>malloc(n_strips * min(k, kc_max) * NR * sizeof(floating))
     if bp == NULL:
         return -1
     pc = 0
     while pc < k:   # k-blocks in a fixed order: the summation order never depends on workers
         kc = min(kc_max, k - pc)
-        overwrite = pc == 0 and not accumulate
+        beta_block = beta_f if pc == 0 else 1
         for s in prange(n_strips, nogil=True, num_threads=n_threads, schedule='static'):
             _pack_b(&b[0, 0] + pc * sbp + s * NR * sbj, sbp, sbj, kc,
                     min(NR, n - s * NR), NR, bp + s * kc * NR)
@@ -630,7 +638,7 @@ cdef int matmul(const floating[:, ::1] a, bint trans_a, const floating[:, ::1] b
                     lo = (m_tiles * chunk) // workers
                     hi = (m_tiles * (chunk + 1)) // workers
                     _block(narrow, lo * MR, min(hi * MR, m), g0, g1, m, n, kc, &a[0, 0] + pc * sap,
-                           sai, sap, bp, &out[0, 0], overwrite)
+                           sai, sap, bp, &out[0, 0], alpha_f, beta_block)
                 g0 = g1
         else:
             # the strips cut into chunks; each chunk runs all rows over its strips
@@ -640,7 +648,7 @@ cdef int matmul(const floating[:, ::1] a, bint trans_a, const floating[:, ::1] b
                 while lo < hi:
                     g1 = min(lo + strips_per_group, hi)
                     _block(narrow, 0, m, lo, g1, m, n, kc, &a[0, 0] + pc * sap, sai, sap,
-                           bp, &out[0, 0], overwrite)
+                           bp, &out[0, 0], alpha_f, beta_block)
                     lo = g1
         pc += kc
     free(bp)
@@ -1114,7 +1122,7 @@ cdef int linear(const floating[:, ::1] w, const floating[:, ::1] x, const floati
     # The product, then the bias and activation over each block of rows while it is in cache.
     cdef Py_ssize_t rows = out.shape[0], lo, hi
     cdef int chunk
-    if matmul(w, False, x, False, out, False, workers) != 0:
+    if matmul(w, False, x, False, out, 1.0, 0.0, workers) != 0:
         return -1
     for chunk in prange(workers, nogil=True, num_threads=threads_for(workers), schedule='static'):
         lo = (rows * chunk) // workers

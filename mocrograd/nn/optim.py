@@ -246,7 +246,10 @@ class SGD(Optimizer):
     """p -= lr * (g + weight_decay * p), with optional momentum: v = momentum * v + g', p -= lr * v.
 
     Each step is one compiled pass over p and its gradient (and velocity): weight
-    decay costs no extra pass, which is how ``fit`` applies its L2 term."""
+    decay costs no extra pass, which is how ``fit`` applies its L2 term. A gradient
+    that ``backward(factored=True)`` left as factors G, X, without momentum, is never
+    formed: the step is one product into p, p = (1 - lr * weight_decay) p - lr G X^T
+    (``Matrix.matmul``'s alpha and beta), one pass over p and none over a gradient."""
 
     HYPER = ("lr", "momentum", "weight_decay")
     BUFFERS = ("velocity",)
@@ -264,6 +267,13 @@ class SGD(Optimizer):
     @no_grad()
     def step(self):
         for i, p, group in self._each():
+            factors = gradient_factors(p)
+            if factors is not None and not group["momentum"]:
+                g, x = factors
+                lr = group["lr"]
+                g.matmul(x, trans_b=True, out=p.data, accumulate=True, alpha=-lr,
+                         beta=1 - lr * group["weight_decay"])
+                continue
             for rows, grad in self._gradient_blocks(p):
                 velocity = None
                 if group["momentum"]:
