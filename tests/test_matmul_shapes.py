@@ -23,7 +23,7 @@ SHAPES = [
     (200, 32, 300), (2, 5000, 3),
     # the thin kernels: 1, 2-4, 5-8 and 9-16 columns, rows past their row groups and blocks
     (4500, 20, 1), (37, 9, 4), (600, 50, 13), (301, 70, 6), (11, 17, 16), (1600, 30, 8), (9000, 10, 1),
-    (2100, 7, 3),
+    (2100, 7, 3), (4500, 20, 10),
     # one strip of B packed whole, several k-blocks per row tile: narrow and wide tiles, an edge tile
     (301, 2100, 9), (25, 1500, 20), (130, 1300, 32),
     # more strips than row tiles but several row tiles per thread: the rows are cut

@@ -155,28 +155,28 @@ cdef extern from *:
         }                                                                              \
     }
 
-    /* thin_axpy: t[j * w + i] += sum over p < rows of a[p * lda + i] * b[p * J + j],
+    /* thin_axpy: t[j * ldt + i] += sum over p < rows of a[p * lda + i] * b[p * J + j],
        p in order, for i < w and J columns j (op(A) = A^T: a row of A is a contiguous
        run of op(A)'s column). Up to THIN_ROWS (8) rows of A per call, so the running sums t
        are loaded and stored once per 8 rows. */
     #define MOCRO_THIN_AXPY(NAME, T, W, J)                                             \
     typedef T NAME##_vec __attribute__((vector_size(MOCRO_VEC_BYTES)));                \
-    MOCRO_CONTRACT static void NAME(Py_ssize_t w, Py_ssize_t rows, const T* a,         \
-                                    Py_ssize_t lda, const T* b, T* t) {                \
+    MOCRO_CONTRACT static void NAME(Py_ssize_t w, Py_ssize_t ldt, Py_ssize_t rows,     \
+                                    const T* a, Py_ssize_t lda, const T* b, T* t) {    \
         NAME##_vec acc[J], x;                                                          \
         Py_ssize_t i = 0, p;                                                           \
         int j;                                                                         \
         for (; i + W <= w; i += W) {                                                   \
-            for (j = 0; j < J; j++) memcpy(&acc[j], t + j * w + i, sizeof x);          \
+            for (j = 0; j < J; j++) memcpy(&acc[j], t + j * ldt + i, sizeof x);        \
             for (p = 0; p < rows; p++) {                                               \
                 memcpy(&x, a + p * lda + i, sizeof x);                                 \
                 for (j = 0; j < J; j++) acc[j] += x * b[p * J + j];                    \
             }                                                                          \
-            for (j = 0; j < J; j++) memcpy(t + j * w + i, &acc[j], sizeof x);          \
+            for (j = 0; j < J; j++) memcpy(t + j * ldt + i, &acc[j], sizeof x);        \
         }                                                                              \
         for (; i < w; i++)                                                             \
             for (p = 0; p < rows; p++)                                                 \
-                for (j = 0; j < J; j++) t[j * w + i] += a[p * lda + i] * b[p * J + j]; \
+                for (j = 0; j < J; j++) t[j * ldt + i] += a[p * lda + i] * b[p * J + j]; \
     }
     /* (rows, columns) per call: (8, 1) for a vector, (8, 4) for 2-4 columns, (5, 8)
        for 5-8 (AVX-512 only: MOCRO_DOT8). More rows per call share each load of bt
@@ -214,12 +214,13 @@ cdef extern from *:
         else if (J == 4) mocro_thin_dot4_##SUF(k, a, lda, bt, sums);                   \
         else mocro_thin_dot8_##SUF(k, a, lda, bt, sums);                               \
     }                                                                                  \
-    static void mocro_thin_axpy_##SUF(Py_ssize_t J, Py_ssize_t w, Py_ssize_t rows,     \
+    static void mocro_thin_axpy_##SUF(Py_ssize_t J, Py_ssize_t w, Py_ssize_t ldt,      \
+                                      Py_ssize_t rows,                                 \
                                       const T* a, Py_ssize_t lda, const T* b, T* t) {  \
-        if (J == 1) mocro_thin_axpy1_##SUF(w, rows, a, lda, b, t);                     \
-        else if (J == 4) mocro_thin_axpy4_##SUF(w, rows, a, lda, b, t);                \
-        else if (J == 8) mocro_thin_axpy8_##SUF(w, rows, a, lda, b, t);                \
-        else mocro_thin_axpy16_##SUF(w, rows, a, lda, b, t);                           \
+        if (J == 1) mocro_thin_axpy1_##SUF(w, ldt, rows, a, lda, b, t);                \
+        else if (J == 4) mocro_thin_axpy4_##SUF(w, ldt, rows, a, lda, b, t);           \
+        else if (J == 8) mocro_thin_axpy8_##SUF(w, ldt, rows, a, lda, b, t);           \
+        else mocro_thin_axpy16_##SUF(w, ldt, rows, a, lda, b, t);                      \
     }
     MOCRO_THIN_ENTRIES(f32, float)
     MOCRO_THIN_ENTRIES(f64, double)
@@ -245,9 +246,11 @@ cdef extern from *:
                             float* sums) noexcept nogil
     void mocro_thin_dot_f64(Py_ssize_t J, Py_ssize_t k, const double* a, Py_ssize_t lda, const double* bt,
                             double* sums) noexcept nogil
-    void mocro_thin_axpy_f32(Py_ssize_t J, Py_ssize_t w, Py_ssize_t rows, const float* a, Py_ssize_t lda,
+    void mocro_thin_axpy_f32(Py_ssize_t J, Py_ssize_t w, Py_ssize_t ldt, Py_ssize_t rows, const float* a,
+                             Py_ssize_t lda,
                              const float* b, float* t) noexcept nogil
-    void mocro_thin_axpy_f64(Py_ssize_t J, Py_ssize_t w, Py_ssize_t rows, const double* a, Py_ssize_t lda,
+    void mocro_thin_axpy_f64(Py_ssize_t J, Py_ssize_t w, Py_ssize_t ldt, Py_ssize_t rows, const double* a,
+                             Py_ssize_t lda,
                              const double* b, double* t) noexcept nogil
 
 
@@ -261,10 +264,13 @@ cdef enum:
     ONE_STRIP_BYTES = 4194304  # op(B) one strip wide and at most this big (4 MB) is packed whole (_matmul_one_strip)
     THIN = 4             # products this narrow take the thin kernels
     THIN_T = 16          # ... and W^T G products this narrow (a batch of 16: their register tile is slow)
-    THIN_SUMS = 8192     # running sums the transposed thin kernel keeps per chunk (32 KB of floats: L1),
-                         # so a batch of 8 reads A in runs of 1024 floats (4 KB; 2 KB runs ran 1.3x slower
-                         # on 1 thread and 1.8x on 2: short runs leave the memory system idle between them)
+    THIN_SUMS = 32768    # running sums the transposed thin kernel keeps per chunk (128 KB of floats: L2),
+                         # so a batch of 8 reads A in runs of 4096 floats (16 KB). Short runs leave the
+                         # memory system idle between them: with 8192 sums (L1, 4 KB runs) dX of the
+                         # 4096 x 8192 layer at batch 8 ran 1.2x slower on 1 worker and 1.3x on 2, and
+                         # 2 KB runs 1.3x and 1.8x slower than that
     THIN_RUN = 1024      # the fewest output rows a chunk of the transposed thin kernel gets (4 KB runs of A)
+    SUM_PAD = 64         # bytes from the sums' row stride to a multiple of 4 KB (see _matmul_thin)
     THIN_ROWS = 8        # rows of A per transposed thin call (running sums loaded and stored once per call;
                          # 32 rows at once read 32 short runs side by side and ran 2x slower)
 
@@ -457,13 +463,14 @@ cdef inline void _thin_dot(Py_ssize_t J, Py_ssize_t k, const floating* a, Py_ssi
         mocro_thin_dot_f64(J, k, a, lda, bt, sums)
 
 
-cdef inline void _thin_axpy(Py_ssize_t J, Py_ssize_t w, Py_ssize_t rows, const floating* a, Py_ssize_t lda,
+cdef inline void _thin_axpy(Py_ssize_t J, Py_ssize_t w, Py_ssize_t ldt, Py_ssize_t rows, const floating* a,
+                            Py_ssize_t lda,
                             const floating* b, floating* t) noexcept nogil:
     """One thin_axpy call for J = 1, 4, 8 or 16 columns."""
     if floating is float:
-        mocro_thin_axpy_f32(J, w, rows, a, lda, b, t)
+        mocro_thin_axpy_f32(J, w, ldt, rows, a, lda, b, t)
     else:
-        mocro_thin_axpy_f64(J, w, rows, a, lda, b, t)
+        mocro_thin_axpy_f64(J, w, ldt, rows, a, lda, b, t)
 
 
 cdef int _matmul_thin(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a, bint trans_a,
@@ -482,7 +489,11 @@ cdef int _matmul_thin(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* 
     cdef int chunks = <int>max(1, min(<Py_ssize_t>workers, m // (THIN_RUN if trans_a else R)))
     # per chunk: R x J dot products, or J running sums for each of up to THIN_SUMS / J rows
     cdef Py_ssize_t rows = min(THIN_SUMS // J, (m + chunks - 1) // chunks) if trans_a else R
-    cdef floating* bt = <floating*>malloc((J * k + chunks * J * rows) * sizeof(floating))
+    # The J rows of running sums lie ldt apart, a cache line past their length: at a
+    # stride of a multiple of 4 KB (as rows usually is) every row of sums would fall in
+    # the same L1 set as every row of A being read, more lines than the set holds.
+    cdef Py_ssize_t ldt = rows + SUM_PAD // sizeof(floating)
+    cdef floating* bt = <floating*>malloc((J * k + chunks * J * ldt) * sizeof(floating))
     cdef floating* t
     cdef Py_ssize_t i, j, p, r, lo, hi, i0, w, group
     cdef int chunk, n_threads = threads_for(chunks)
@@ -500,7 +511,7 @@ cdef int _matmul_thin(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* 
     for chunk in prange(chunks, nogil=True, num_threads=n_threads, schedule='static'):
         lo = min(m, (units * chunk) // chunks * unit)
         hi = min(m, (units * (chunk + 1)) // chunks * unit)
-        t = bt + J * k + chunk * J * rows
+        t = bt + J * k + chunk * J * ldt
         if not trans_a:   # output rows i..i+R-1: A's rows (contiguous) dotted with each column
             i = lo
             while i < hi:
@@ -516,17 +527,17 @@ cdef int _matmul_thin(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* 
             i0 = lo
             while i0 < hi:
                 w = min(rows, hi - i0)
-                for i in range(J * w):
+                for i in range(J * ldt):
                     t[i] = 0
                 p = 0
                 while p < k:
                     r = min(THIN_ROWS, k - p)
-                    _thin_axpy(J, w, r, a + p * m + i0, m, bt + p * J, t)
+                    _thin_axpy(J, w, ldt, r, a + p * m + i0, m, bt + p * J, t)
                     p = p + r
                 for i in range(w):
                     for j in range(n):
-                        c[(i0 + i) * n + j] = beta * c[(i0 + i) * n + j] + alpha * t[j * w + i] \
-                            if beta != 0 else alpha * t[j * w + i]
+                        c[(i0 + i) * n + j] = beta * c[(i0 + i) * n + j] + alpha * t[j * ldt + i] \
+                            if beta != 0 else alpha * t[j * ldt + i]
                 i0 = i0 + w
     free(bt)
     return 0
