@@ -379,7 +379,7 @@ def test_reductions(data, backend, dtype, shape, axis, op, special):
 @given(data=st.data(), backend=backends(), dtype=st.sampled_from(FLOATS), sizes=st.tuples(
     st.integers(1, 9), st.integers(1, 9), st.integers(1, 9), st.integers(1, 9)),
        trans=st.tuples(st.booleans(), st.booleans()), use_out=st.sampled_from(["none", "out", "accumulate",
-                                                                                "alias"]),
+                                                                                "scaled", "alias"]),
        special=st.booleans())
 def test_matmul(data, backend, dtype, sizes, trans, use_out, special):
     m, k, kb, n = sizes
@@ -392,9 +392,14 @@ def test_matmul(data, backend, dtype, sizes, trans, use_out, special):
     A, B = Matrix(a), Matrix(b)
     kwargs = {"trans_a": ta, "trans_b": tb}
     out = None
-    if use_out in ("out", "accumulate"):
+    alpha, beta = 1.0, 1.0
+    if use_out == "scaled":   # out = alpha * product + beta * out (beta 0: out not read)
+        alpha = data.draw(st.sampled_from([-0.5, 0.3, 2.0]))
+        beta = data.draw(st.sampled_from([0.0, 0.7, 1.0]))
+        kwargs.update(alpha=alpha, beta=beta)
+    if use_out in ("out", "accumulate", "scaled"):
         out = Matrix(out_start.copy())
-        kwargs.update(out=out, accumulate=use_out == "accumulate")
+        kwargs.update(out=out, accumulate=use_out != "out")
     elif use_out == "alias" and A.shape == (m, n):
         kwargs.update(out=A)
     with mg.backend(*backend, grain=1), np.errstate(all="ignore"):
@@ -414,11 +419,11 @@ def test_matmul(data, backend, dtype, sizes, trans, use_out, special):
     wa = (a.T if ta else a).astype(np.float64)
     wb = (b.T if tb else b).astype(np.float64)
     with np.errstate(all="ignore"):
-        expected = wa @ wb
-        bound = (np.abs(wa) @ np.abs(wb)) * (k + 2) * eps(dtype)
-        if use_out == "accumulate":
-            expected = expected + out_start
-            bound = bound + np.abs(out_start) * 2 * eps(dtype)
+        expected = alpha * (wa @ wb)
+        bound = (np.abs(alpha * wa) @ np.abs(wb)) * (k + 3) * eps(dtype)
+        if use_out in ("accumulate", "scaled"):
+            expected = expected + beta * out_start.astype(np.float64)
+            bound = bound + np.abs(beta * out_start) * 2 * eps(dtype)
         expected = expected.astype(dtype)
     # where no operand is special the product is finite and within the error bound;
     # where a NaN or an infinity enters, the same NaN/infinity as NumPy's (any order).
