@@ -516,7 +516,8 @@ cdef class Matrix:
             raise ValueError("matmul: out must not overlap self or other (the product reads them while writing out)")
         if accumulate and out is None:
             raise ValueError("matmul: accumulate=True needs an out matrix to add to")
-        if not (isfinite(alpha) and isfinite(beta) and (self.is64 or isfinite(<float>alpha) and isfinite(<float>beta))):
+        if not (isfinite(alpha) and isfinite(beta) and
+                (self.is64 or isfinite(<float>alpha) and isfinite(<float>beta))):
             raise ValueError(f"matmul: alpha and beta must be finite in {self.dtype}, got {alpha} and {beta}")
         if beta != 1 and not accumulate:
             raise ValueError(f"matmul: beta={beta} scales out's old values, which only accumulate=True adds to")

@@ -215,8 +215,8 @@ cdef extern from *:
         else mocro_thin_dot8_##SUF(k, a, lda, bt, sums);                               \
     }                                                                                  \
     static void mocro_thin_axpy_##SUF(Py_ssize_t J, Py_ssize_t w, Py_ssize_t ldt,      \
-                                      Py_ssize_t rows,                                 \
-                                      const T* a, Py_ssize_t lda, const T* b, T* t) {  \
+                                      Py_ssize_t rows, const T* a, Py_ssize_t lda,     \
+                                      const T* b, T* t) {                              \
         if (J == 1) mocro_thin_axpy1_##SUF(w, ldt, rows, a, lda, b, t);                \
         else if (J == 4) mocro_thin_axpy4_##SUF(w, ldt, rows, a, lda, b, t);           \
         else if (J == 8) mocro_thin_axpy8_##SUF(w, ldt, rows, a, lda, b, t);           \
@@ -247,11 +247,9 @@ cdef extern from *:
     void mocro_thin_dot_f64(Py_ssize_t J, Py_ssize_t k, const double* a, Py_ssize_t lda, const double* bt,
                             double* sums) noexcept nogil
     void mocro_thin_axpy_f32(Py_ssize_t J, Py_ssize_t w, Py_ssize_t ldt, Py_ssize_t rows, const float* a,
-                             Py_ssize_t lda,
-                             const float* b, float* t) noexcept nogil
+                             Py_ssize_t lda, const float* b, float* t) noexcept nogil
     void mocro_thin_axpy_f64(Py_ssize_t J, Py_ssize_t w, Py_ssize_t ldt, Py_ssize_t rows, const double* a,
-                             Py_ssize_t lda,
-                             const double* b, double* t) noexcept nogil
+                             Py_ssize_t lda, const double* b, double* t) noexcept nogil
 
 
 cdef enum:
@@ -464,8 +462,7 @@ cdef inline void _thin_dot(Py_ssize_t J, Py_ssize_t k, const floating* a, Py_ssi
 
 
 cdef inline void _thin_axpy(Py_ssize_t J, Py_ssize_t w, Py_ssize_t ldt, Py_ssize_t rows, const floating* a,
-                            Py_ssize_t lda,
-                            const floating* b, floating* t) noexcept nogil:
+                            Py_ssize_t lda, const floating* b, floating* t) noexcept nogil:
     """One thin_axpy call for J = 1, 4, 8 or 16 columns."""
     if floating is float:
         mocro_thin_axpy_f32(J, w, ldt, rows, a, lda, b, t)
