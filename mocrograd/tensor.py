@@ -350,8 +350,9 @@ class Tensor:
         ``factored=True`` (with ``accumulate=False``): a Linear weight that the graph
         uses once and whose gradient dW = G X^T is proved finite (gradient_bound) keeps
         it as its factors: ``.grad`` becomes None and ``gradient_factors(w)`` gives
-        (G, X). SGD and Adam form such a gradient a block of rows at a time inside
-        their step, so the weight gradients never travel to memory (``fit`` does this).
+        (G, X). Adam and SGD with momentum form such a gradient a block of rows at a
+        time inside their step, and SGD without momentum adds it into the weight as one
+        product, so the weight gradients never travel to memory (``fit`` does this).
         """
         if not self.requires_grad:
             raise RuntimeError("backward() on a tensor that does not require a gradient "
