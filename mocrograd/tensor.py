@@ -138,6 +138,12 @@ def _product_bound(a, b, terms):
     return math.sqrt(a.sum_squares() * b.sum_squares()) * (1.0 + 2.0 * (terms + 1) * eps)
 
 
+def _shares_memory(matrix, *others):
+    """True when any of the Matrices ``others`` may overlap ``matrix`` in memory."""
+    array = matrix.numpy()
+    return any(np.may_share_memory(array, other.numpy()) for other in others)
+
+
 def _unbroadcast(grad, shape):
     """Sum grad over the dimensions an operand of ``shape`` was broadcast along."""
     if grad.shape == shape:
@@ -432,7 +438,9 @@ def linear(x, weight, bias, relu=False):
         if not (weight.requires_grad and weight._backward is None):   # not a leaf: through the graph
             return dx, (g.matmul(xm, trans_b=True) if weight.requires_grad else None), db
         bound = _product_bound(g, xm, xm.shape[1])
-        if id(weight) in _factor and proves_finite(bound, weight.dtype):
+        # Factors that share the weight's memory (x a view of W) would change while the
+        # step writes W: such a gradient is formed here, before any step.
+        if id(weight) in _factor and proves_finite(bound, weight.dtype) and not _shares_memory(w, g, xm):
             weight.grad = None
             _note_bound(weight, bound, True, (g, xm))
         else:

@@ -460,6 +460,28 @@ def test_a_step_forms_a_factored_gradient_block_by_block(make, each_backend, mon
     assert bool(factored._scratch) != one_product     # blocks were formed, or none
 
 
+@pytest.mark.parametrize("momentum", [0.0, 0.9], ids=["one_product", "blocks"])
+def test_a_weight_whose_input_shares_its_memory_is_not_left_factored(momentum, monkeypatch):
+    """x a view of W: a step from the factors would read x while writing W (the one
+    product refuses the overlap, blocks read rows already updated), so the gradient is
+    formed in backward and the step equals the one with a copy of x."""
+    monkeypatch.setattr(optim, "ROW_BLOCK_BYTES", 4 * 30 * 8)
+    rng = np.random.default_rng(12)
+    start, bias = rng.standard_normal((40, 30)), rng.standard_normal((40, 1))
+    results = []
+    for share in (True, False):
+        w, b = (Tensor(v.copy(), requires_grad=True, dtype=np.float64) for v in (start, bias))
+        view = w.numpy().reshape(-1)[:60].reshape(30, 2)            # W's first 60 values, in place
+        x = Tensor(view if share else view.copy(), dtype=np.float64)
+        assert np.may_share_memory(x.numpy(), w.numpy()) == share
+        mg.linear(x, w, b).sum().backward(accumulate=False, factored=True)
+        assert (gradient_factors(w) is None) == share and (w.grad is not None) == share
+        nn.SGD([w, b], lr=0.1, momentum=momentum).step()
+        results.append(w.numpy().copy())
+    np.testing.assert_array_equal(results[0], results[1])
+    assert not np.array_equal(results[0], start)
+
+
 def test_optimizers_skip_parameters_without_a_gradient():
     p = Tensor(START.copy(), requires_grad=True, dtype=np.float64)
     for optimizer in (nn.SGD([p], lr=0.1, momentum=0.9), nn.Adam([p])):
