@@ -69,9 +69,7 @@ def _leaf_grad_buffer(leaf):
     wants a gradient."""
     if not leaf.requires_grad or leaf._backward is not None:
         return None, False
-    overwrite = id(leaf) in _overwrite
-    _overwrite.discard(id(leaf))
-    _take_factors(leaf, overwrite)
+    overwrite = _claim_write(leaf)
     if leaf.grad is None:
         leaf.grad = Tensor(Matrix.zeros(*leaf.shape, dtype=leaf.dtype))
     return leaf.grad.data, overwrite
@@ -88,15 +86,20 @@ def _note_bound(leaf, bound, overwrite, factors=None):
     leaf._grad_note = (_passes, bound, factors)
 
 
-def _take_factors(leaf, overwrite):
-    """Before a rule writes leaf's gradient: a factored one (gradient_factors) is formed
-    into ``.grad`` when the write adds to it, and forgotten either way."""
+def _claim_write(leaf):
+    """Before a rule writes leaf's gradient: True when the write replaces it (the pass's
+    first write under ``backward(accumulate=False)``), False when it adds to it. A
+    factored gradient (gradient_factors) is formed into ``.grad`` when the write adds to
+    it, and forgotten either way."""
+    overwrite = id(leaf) in _overwrite
+    _overwrite.discard(id(leaf))
     factors = gradient_factors(leaf)
     if factors is not None and not overwrite:
         g, x = factors
         leaf.grad = Tensor(g.matmul(x, trans_b=True))
     if leaf._grad_note is not None:
         leaf._grad_note = leaf._grad_note[:2] + (None,)
+    return overwrite
 
 
 def gradient_bound(leaf):
@@ -398,9 +401,7 @@ def _apply_rules(order, grads):
         if g is None:
             continue
         if node._backward is None:       # a leaf: accumulate into (or replace) .grad
-            replace = id(node) in _overwrite
-            _take_factors(node, replace)
-            overwrite = replace or node.grad is None
+            overwrite = _claim_write(node) or node.grad is None
             if node.grad is None:
                 node.grad = Tensor(g.copy())
             elif overwrite:
@@ -408,7 +409,6 @@ def _apply_rules(order, grads):
             else:
                 node.grad.data.axpy_(1.0, g)
             _note_bound(node, None, overwrite)
-            _overwrite.discard(id(node))
             continue
         for parent, parent_grad in zip(node._prev, node._backward(g)):
             if parent_grad is None or parent_grad is ACCUMULATED or not parent.requires_grad:

@@ -8,9 +8,10 @@ from .._core import Matrix
 from ..tensor import Tensor, gradient_factors, no_grad
 
 # A factored gradient G X^T (Tensor.backward(factored=True)) that the step needs whole
-# (Adam, SGD with momentum) is formed this many bytes of rows at a time, into one buffer that stays in the last-level cache while the step
-# reads it: 8 MB (256 rows of Bigger's 4096 x 8192 weight) measured fastest of
-# 1-32 MB, against the whole gradient written to memory and read back.
+# (Adam, SGD with momentum) is formed this many bytes of rows at a time, into one buffer
+# that stays in the last-level cache while the step reads it: 8 MB (256 rows of Bigger's
+# 4096 x 8192 weight) measured fastest of 1-32 MB, against the whole gradient written to
+# memory and read back.
 ROW_BLOCK_BYTES = 8 << 20
 
 
