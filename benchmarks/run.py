@@ -60,6 +60,7 @@ def configurations(cores):
 OURS = ["naive"] + [f"optimized-{w}" for w in WORKER_COUNTS] + ["optimized-cores", "dynamic"]
 PEERS = ["numpy", "torch-1", "torch-cores"]
 TORCH = ["torch-1", "torch-cores"]
+SETTINGS = [f"optimized-{w}" for w in WORKER_COUNTS] + ["optimized-cores", "dynamic"]   # worker settings
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -408,6 +409,38 @@ def compare(results):
                                                       else None)
             if numpy:
                 entry["vs_numpy"] = entry["median"] / numpy["median"]
+        paired(network)
+
+
+def paired(network):
+    """The worker settings' ratios, paired by repeat, in place (network["paired"]).
+
+    Each repeat runs every configuration of a network back to back, so the ratio of
+    two of them within one repeat cancels the slow drift of a shared machine's speed,
+    which the medians of each configuration over the repeats do not (one slow stretch
+    can land in one row's runs and not another's). Each entry: the median, min and max
+    over the repeats both ran. The best setting (fixed worker counts and dynamic) and
+    the best fixed worker count are those with the lowest median fit time."""
+    configs = network["configs"]
+    times = {name: {r["repeat"]: r["seconds"] for r in configs[name]["runs"] if r["status"] == "ok"}
+             for name in SETTINGS if configs.get(name, {}).get("status") == "ok"}
+    fixed = [name for name in SETTINGS if name in times and name != "dynamic"]
+    if not fixed:
+        return
+
+    def ratio(a, b):
+        shared = sorted(set(times.get(a, ())) & set(times.get(b, ())))
+        values = [times[a][r] / times[b][r] for r in shared]
+        return {"of": [a, b], "median": statistics.median(values), "min": min(values), "max": max(values),
+                "n": len(values)} if values else None
+
+    best = min(times, key=lambda name: configs[name]["median"])
+    best_fixed = min(fixed, key=lambda name: configs[name]["median"])
+    network["paired"] = {"best": best, "best_fixed": best_fixed,
+                         "speedup_cores_over_1": ratio("optimized-1", "optimized-cores"),
+                         "vs_best": {name: ratio(name, best) for name in times if name != best},
+                         "dynamic_vs_best_fixed": ratio("dynamic", best_fixed),
+                         "dynamic_vs_1": ratio("dynamic", "optimized-1")}
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -510,6 +543,7 @@ def markdown(report):
                       "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
             for name, e in network["configs"].items():
                 lines.append(_training_row(name, e, network.get("torch_best")))
+            lines += _paired_lines(network)
             notes = [f"{name}: {note}" for name, e in network["configs"].items() for note in e.get("notes", [])]
             notes += [f"{name}: skipped, {e['reason']}" for name, e in network["configs"].items()
                       if e.get("status") == "skipped"]
@@ -566,6 +600,24 @@ def _training_row(name, e, torch_best):
             f"| {ratio(e.get('vs_torch_best'))} "
             f"| {ratio(e.get('vs_numpy'))} | {e['peak_rss_mb']:.0f} | {growth} | {e['cpu_per_wall']:.2f} "
             f"| {acc(e['train_acc'])} | {acc(e['val_acc'])} | {diff} | {load} |")
+
+
+def _paired_lines(network):
+    """The worker settings' ratios paired by repeat (see paired), as a small table."""
+    p = network.get("paired")
+    if not p:
+        return []
+    cores = network["configs"]["optimized-cores"]["spec"]["workers"]
+    fmt = lambda r: "-" if r is None else f"{r['median']:.3f} ({r['min']:.3f}-{r['max']:.3f}, n={r['n']})"
+    lines = ["", "Worker settings, paired by repeat: each ratio is taken within a repeat (its runs ran back to "
+             "back), then the median (min-max) over the repeats.", "",
+             "| ratio | median (min-max, n) |", "|---|---:|",
+             f"| speed-up of {cores} workers (optimized-cores) over 1 (optimized-1 / optimized-cores) "
+             f"| {fmt(p['speedup_cores_over_1'])} |"]
+    lines += [f"| {name} / best setting ({p['best']}) | {fmt(r)} |" for name, r in p["vs_best"].items()]
+    lines += [f"| dynamic / best fixed worker count ({p['best_fixed']}) | {fmt(p['dynamic_vs_best_fixed'])} |",
+              f"| dynamic / optimized-1 | {fmt(p['dynamic_vs_1'])} |"]
+    return lines
 
 
 def _accuracy_summary(training):
@@ -655,6 +707,8 @@ def main(argv=None):
     if args.render:
         with open(args.render) as f:
             report = json.load(f)
+        if report.get("training"):
+            compare(report["training"])
         text, paths = write_outputs(report, args.out)
         print(text)
         return 0

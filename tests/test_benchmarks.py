@@ -105,6 +105,47 @@ def test_budget_cuts_repeats_and_says_so(quick_run):
     assert "| dynamic | " in (out / "latest.md").read_text() and "| 1* |" in (out / "latest.md").read_text()
 
 
+def test_worker_ratios_are_paired_by_repeat(quick_run):
+    """Each paired ratio is a ratio of two runs of the same repeat (one repeat here)."""
+    report, out, _, _ = quick_run
+    for network in NETWORKS:
+        configs, paired = report["training"][network]["configs"], report["training"][network]["paired"]
+        seconds = {name: configs[name]["runs"][0]["seconds"] for name in OURS}
+        speedup = paired["speedup_cores_over_1"]
+        assert speedup["n"] == 1 and speedup["of"] == ["optimized-1", "optimized-cores"]
+        assert math.isclose(speedup["median"], seconds["optimized-1"] / seconds["optimized-cores"])
+        best = min(OURS[1:], key=lambda name: configs[name]["median"])
+        assert paired["best"] == best and best not in paired["vs_best"]
+        for name, ratio in paired["vs_best"].items():
+            assert math.isclose(ratio["median"], seconds[name] / seconds[best]), (network, name)
+        assert math.isclose(paired["dynamic_vs_1"]["median"], seconds["dynamic"] / seconds["optimized-1"])
+    assert "paired by repeat" in (out / "latest.md").read_text()
+
+
+def test_paired_ratios_see_through_a_slow_stretch():
+    """2 workers are 2x faster than 1, but the machine ran 1.6x slower for a while: over
+    the 2-worker run of repeat 1 and both runs of repeat 2. The medians of the rows say
+    1.25x; the ratios within each repeat (1.25, 2, 2) say 2x."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import run
+    finally:
+        sys.path.remove(str(BENCH))
+    seconds = {"optimized-1": (1.0, 1.6, 1.0), "optimized-cores": (0.8, 0.8, 0.5)}
+    seconds.update({name: (0.6, 0.6, 0.6) for name in ("optimized-10", "optimized-64", "optimized-256", "dynamic")})
+    configs = {name: {"status": "ok", "spec": {"workers": 2}, "median": sorted(times)[1],
+                      "runs": [{"status": "ok", "repeat": r + 1, "seconds": t} for r, t in enumerate(times)]}
+               for name, times in seconds.items()}
+    network = {"configs": configs}
+    run.paired(network)
+    speedup = network["paired"]["speedup_cores_over_1"]
+    assert configs["optimized-1"]["median"] / configs["optimized-cores"]["median"] == pytest.approx(1.25)
+    assert speedup["median"] == pytest.approx(2.0) and speedup["n"] == 3
+    assert (speedup["min"], speedup["max"]) == (pytest.approx(1.25), pytest.approx(2.0))
+    assert network["paired"]["best"] == "optimized-10" and network["paired"]["best_fixed"] == "optimized-10"
+    assert network["paired"]["vs_best"]["optimized-cores"]["median"] == pytest.approx(0.8 / 0.6)
+
+
 def test_outputs_and_header(quick_run):
     report, out, done, via_bash = quick_run
     assert (out / "latest.md").read_text().startswith("# mocrograd benchmarks")
