@@ -146,6 +146,22 @@ def test_paired_ratios_see_through_a_slow_stretch():
     assert network["paired"]["vs_best"]["optimized-cores"]["median"] == pytest.approx(0.8 / 0.6)
 
 
+def test_bandwidth_benchmark(tmp_path):
+    """benchmarks/bandwidth.py on a small W: every pass timed for 1 and 2 workers, bytes counted."""
+    path = tmp_path / "bandwidth.json"
+    done = _run([sys.executable, str(BENCH / "bandwidth.py"), "--rows", "64", "--cols", "300", "--repeats", "2",
+                 "--json", str(path)], tmp_path)
+    assert "| step b8 |" in done.stdout
+    passes = json.loads(path.read_text())["passes"]
+    assert list(passes) == ["read", "read+write", "forward b2", "forward b8", "dX b8", "step b8"]
+    size = 64 * 300 * 4
+    for name, p in passes.items():
+        assert p["bytes"] == (2 * size if name in ("read+write", "step b8") else size), name
+        assert p["ms"]["1"] > 0 and p["ms"]["2"] > 0
+        assert math.isclose(p["speedup"], p["ms"]["1"] / p["ms"]["2"])
+        assert math.isclose(p["gb_s"]["2"], p["bytes"] / (p["ms"]["2"] * 1e6))
+
+
 def test_outputs_and_header(quick_run):
     report, out, done, via_bash = quick_run
     assert (out / "latest.md").read_text().startswith("# mocrograd benchmarks")
