@@ -60,7 +60,7 @@ def configurations(cores):
 OURS = ["naive"] + [f"optimized-{w}" for w in WORKER_COUNTS] + ["optimized-cores", "dynamic"]
 PEERS = ["numpy", "torch-1", "torch-cores"]
 TORCH = ["torch-1", "torch-cores"]
-SETTINGS = [f"optimized-{w}" for w in WORKER_COUNTS] + ["optimized-cores", "dynamic"]   # worker settings
+SETTINGS = [name for name in OURS if name != "naive"]   # the worker settings (paired compares them)
 
 
 # ----------------------------------------------------------------------------- arguments
