@@ -316,9 +316,13 @@ cdef inline void _micro_tile(Py_ssize_t kc, const floating* a, Py_ssize_t sai, P
     elif not PLAIN_FLOAT_TILE:
         mocro_wide_tile_f32(kc, a, sai, sap, bp, acc)
     else:
-        for i in range(MR * NR):
-            acc[i] = 0
-        for p in range(kc):
+        # step 0 starts the sums from 0 itself: no zeroing pass first, which GCC made a
+        # memset call per tile (about 10% of a batch-8 SGD step's product, k = 8)
+        for i in range(MR):
+            a_ip = a[i * sai]
+            for j in range(NR):
+                acc[i * NR + j] = MOCRO_FMAF(a_ip, bp[j], 0)
+        for p in range(1, kc):
             for i in range(MR):
                 a_ip = a[i * sai + p * sap]
                 for j in range(NR):
