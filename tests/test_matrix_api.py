@@ -295,6 +295,54 @@ def test_large_allocations_counts_only_big_new_results():
     assert mocrograd.large_allocations() == before + 2
 
 
+def _address(m):
+    return m.numpy().ctypes.data
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_large_result_takes_the_block_of_one_that_is_gone(dtype):
+    a, b = Matrix.full(1024, 1024, 1.0, dtype=dtype), Matrix.full(1024, 1024, 2.0, dtype=dtype)
+    first = a + b                                     # 4 or 8 MB: at least REUSE_BYTES
+    address = _address(first)
+    del first
+    assert mocrograd.idle_bytes() >= 1024 * 1024 * np.dtype(dtype).itemsize
+    second = a * b
+    assert _address(second) == address
+    np.testing.assert_array_equal(second.numpy(), 2.0)
+
+
+def test_a_block_still_viewed_is_never_reused():
+    a, b = Matrix.full(1024, 1024, 1.0), Matrix.full(1024, 1024, 2.0)
+    first = a + b
+    address, view = _address(first), first.numpy()[::2]   # the view outlives the Matrix
+    del first
+    second = a - b
+    assert _address(second) != address
+    np.testing.assert_array_equal(view, 3.0)
+    np.testing.assert_array_equal(second.numpy(), -1.0)
+    del view
+    assert _address(a * b) == address                   # gone now: reused
+
+
+def test_small_results_and_zeros_are_not_kept():
+    mocrograd.release_memory()
+    small = Matrix.full(64, 64, 1.0) + 1.0          # below REUSE_BYTES: NumPy's allocator
+    zeros = Matrix.zeros(1024, 1024)                 # zeroed (long-lived gradients): NumPy's
+    del small, zeros
+    assert mocrograd.idle_bytes() == 0
+
+
+def test_idle_blocks_are_bounded_and_released():
+    from mocrograd._core.matrix import REUSE_BYTES, REUSE_LIMIT
+    x = Matrix.full(1, 1, 1.0)
+    for rows in range(512, 512 + 40 * 64, 64):          # 40 results of 40 sizes, each dropped at once
+        Matrix.full(rows, 1024, 1.0) + x
+        assert mocrograd.idle_bytes() <= REUSE_LIMIT
+    assert mocrograd.idle_bytes() >= REUSE_BYTES
+    held = mocrograd.idle_bytes()
+    assert mocrograd.release_memory() == held and mocrograd.idle_bytes() == 0
+
+
 # ------------------------------------------------------- operation errors
 
 A, B = (2, 3), (4, 5)

@@ -7,8 +7,10 @@ Modules:
     matrix     -- the Matrix type, argument checks and dispatch to the selected variant
     ladder     -- the matmul optimization ladder of docs/optimizations.md, one kernel per step
 """
-from .matrix import Matrix, argmax, chunks_for_work, get_backend_state, large_allocations, set_backend_state
+from .matrix import Matrix, argmax, chunks_for_work, get_backend_state, idle_bytes, large_allocations, \
+    release_memory, set_backend_state
 from .parallel import DEFAULT_GRAIN, cpu_count, machine_contended, openmp_enabled, other_load
 
 __all__ = ["DEFAULT_GRAIN", "Matrix", "argmax", "chunks_for_work", "cpu_count", "get_backend_state",
-           "large_allocations", "machine_contended", "openmp_enabled", "other_load", "set_backend_state"]
+           "idle_bytes", "large_allocations", "machine_contended", "openmp_enabled", "other_load", "release_memory",
+           "set_backend_state"]
