@@ -288,22 +288,26 @@ cdef extern from *:
     #define MADV_POPULATE_WRITE 23   /* Linux 5.14; older kernels answer EINVAL: nothing happens */
     #endif
     #endif
-    /* Map every page of [p, p + n) now, zero-filled and writable, in one system call
-       (pages already mapped stay as they are). Best effort: a no-op off Linux. */
-    static void mocro_populate(void* p, size_t n) {
+    /* madvise(advice) on the whole pages inside [p, p + n). Best effort: a no-op off Linux. */
+    static void mocro_advise(void* p, size_t n, int advice) {
     #if defined(__linux__)
         uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
         uintptr_t start = ((uintptr_t)p + page - 1) & ~(page - 1), end = ((uintptr_t)p + n) & ~(page - 1);
-        if (end > start) (void)madvise((void*)start, end - start, MADV_POPULATE_WRITE);
+        if (end > start) (void)madvise((void*)start, end - start, advice);
+    #endif
+    }
+    /* Map every page of [p, p + n) now, zero-filled and writable, in one system call
+       (pages already mapped stay as they are). */
+    static void mocro_populate(void* p, size_t n) {
+    #if defined(__linux__)
+        mocro_advise(p, n, MADV_POPULATE_WRITE);
     #endif
     }
     /* Ask for transparent huge pages on [p, p + n), as NumPy does for its large arrays:
-       fewer page faults and TLB misses. Best effort: a no-op off Linux. */
+       fewer page faults and TLB misses. */
     static void mocro_advise_huge(void* p, size_t n) {
     #if defined(__linux__) && defined(MADV_HUGEPAGE)
-        uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-        uintptr_t start = ((uintptr_t)p + page - 1) & ~(page - 1), end = ((uintptr_t)p + n) & ~(page - 1);
-        if (end > start) (void)madvise((void*)start, end - start, MADV_HUGEPAGE);
+        mocro_advise(p, n, MADV_HUGEPAGE);
     #endif
     }
     """
@@ -413,9 +417,8 @@ cdef class _Block:
             _give_back(self.data, self.nbytes)
 
 
-cdef object _reused_array(Py_ssize_t rows, Py_ssize_t cols, bint is64):
-    """An uninitialized rows x cols array in an idle block of its size, or a new one."""
-    cdef Py_ssize_t nbytes = rows * cols * (8 if is64 else 4)
+cdef object _reused_array(Py_ssize_t rows, Py_ssize_t cols, bint is64, Py_ssize_t nbytes):
+    """An uninitialized rows x cols array (nbytes) in an idle block of its size, or a new one."""
     cdef _Block block = _Block.__new__(_Block)
     cdef int i
     for i in range(_idle_count - 1, -1, -1):   # the newest block of this size
@@ -440,7 +443,7 @@ cdef Matrix _empty(Py_ssize_t rows, Py_ssize_t cols, bint is64, bint zeroed=Fals
     if nbytes >= LARGE_ALLOCATION:
         _large_allocations += 1
     if not zeroed and nbytes >= REUSE_BYTES:
-        return _wrap(_reused_array(rows, cols, is64))
+        return _wrap(_reused_array(rows, cols, is64, nbytes))
     m = _wrap((np.zeros if zeroed else np.empty)((rows, cols), dtype=_FLOAT64 if is64 else _FLOAT32))
     if zeroed and nbytes >= POPULATE_BYTES:
         data = <void*>&m.f64[0, 0] if is64 else <void*>&m.f32[0, 0]

@@ -490,12 +490,12 @@ cdef int _matmul_thin(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* 
     # down to the longest runs (THIN_SUMS / J rows): 64 workers on 2 threads cut dX of
     # the 4096 x 8192 layer at batch 8 into 8 chunks of 4 KB runs instead of 2 of 16 KB,
     # and ran it 11% slower than 2 workers.
-    cdef Py_ssize_t most = m // THIN_RUN if trans_a else m // R
-    if trans_a:
-        most = min(most, max(<Py_ssize_t>threads_for(workers), (m + THIN_SUMS // J - 1) // (THIN_SUMS // J)))
+    cdef Py_ssize_t run = THIN_SUMS // J   # the longest run of A's rows a transposed chunk takes at once
+    cdef Py_ssize_t most = min(m // THIN_RUN, max(<Py_ssize_t>threads_for(workers), (m + run - 1) // run)) \
+        if trans_a else m // R
     cdef int chunks = <int>max(1, min(<Py_ssize_t>workers, most))
-    # per chunk: R x J dot products, or J running sums for each of up to THIN_SUMS / J rows
-    cdef Py_ssize_t rows = min(THIN_SUMS // J, (m + chunks - 1) // chunks) if trans_a else R
+    # per chunk: R x J dot products, or J running sums for each of up to `run` rows
+    cdef Py_ssize_t rows = min(run, (m + chunks - 1) // chunks) if trans_a else R
     # The J rows of running sums lie ldt apart, a cache line past their length: at a
     # stride of a multiple of 4 KB (as rows usually is) every row of sums would fall in
     # the same L1 set as every row of A being read, more lines than the set holds.
