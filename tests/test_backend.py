@@ -186,6 +186,16 @@ def test_without_omp_num_threads_all_usable_cores_count(tmp_path):
     assert int(result.stdout.split()[-1]) == len(os.sched_getaffinity(0))
 
 
+@pytest.mark.parametrize("binding", ["OMP_PROC_BIND", "OMP_PLACES"])
+def test_thread_binding_does_not_hide_cores(tmp_path, binding):
+    """OMP_PROC_BIND=true or OMP_PLACES=cores make the OpenMP runtime bind the main thread
+    to one place as it loads; the core count is still every core of the process (it was
+    read from the bound thread's affinity: one core, and 2 workers ran on one thread)."""
+    result = run_python(tmp_path, SHOW, **{binding: "true" if binding == "OMP_PROC_BIND" else "cores"})
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout.split()[-1]) == len(os.sched_getaffinity(0))
+
+
 def test_subprocess_uses_the_compiled_core_not_bare_sources(tmp_path):
     """Installed (or editable-installed) package: the kernels are the built extension.
 

@@ -22,6 +22,15 @@ cdef extern from *:
     static int omp_get_max_threads(void) { return 1; }
     static double omp_get_wtime(void) { return 0.0; }
     #endif
+    /* Whether OMP_PROC_BIND (or OMP_PLACES) binds threads to places: then the runtime
+       has already bound the calling thread to the first place when it loaded. */
+    static int mocro_threads_bound(void) {
+    #ifdef _OPENMP
+        return omp_get_proc_bind() != omp_proc_bind_false;
+    #else
+        return 0;
+    #endif
+    }
     #include <stdio.h>
     #include <time.h>
     #include <unistd.h>
@@ -52,6 +61,7 @@ cdef extern from *:
     """
     int MOCRO_OPENMP
     int omp_get_max_threads() noexcept nogil
+    bint mocro_threads_bound() noexcept nogil
     double omp_get_wtime() noexcept nogil
     double mocro_machine_busy_seconds() noexcept nogil
     double mocro_process_cpu_seconds() noexcept nogil
@@ -156,7 +166,10 @@ def cpu_count():
 def _detect_threads():
     if not MOCRO_OPENMP:
         return 1
-    if os.environ.get("OMP_NUM_THREADS", "").strip():
+    # With OMP_PROC_BIND or OMP_PLACES set, the OpenMP runtime binds this (main) thread
+    # to its first place as it loads, so the affinity below would say one core; its
+    # default team size was counted from the process's cores before that.
+    if os.environ.get("OMP_NUM_THREADS", "").strip() or mocro_threads_bound():
         return max(1, omp_get_max_threads())
     try:
         cores = len(os.sched_getaffinity(0))
