@@ -47,6 +47,11 @@ def _kernels(dtype):
     out["matmul_tab"] = at.matmul(bt, trans_a=True, trans_b=True)
     acc = Matrix(np.ones((157, 149), dtype=dtype))
     out["matmul_accumulate"] = a.matmul(b, out=acc, accumulate=True)
+    # batch-sized products, big enough to be handed out in pieces on demand: the thin
+    # kernels (2 and 7 columns) and the one-strip register tile (12 and 20 columns)
+    tall = mat(1031, 1543)
+    for n in (2, 7, 12, 20):
+        out[f"matmul_batch_{n}"] = tall @ mat(1543, n)
     for relu in (False, True):
         out[f"linear_{relu}"] = a.linear(b, bias, relu)
     for name, op in [("add", lambda x, y: x + y), ("sub", lambda x, y: x - y), ("mul", lambda x, y: x * y),

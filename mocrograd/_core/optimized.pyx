@@ -17,7 +17,7 @@ from libc.math cimport exp, expf, log, logf, pow, powf, sqrt, INFINITY
 from libc.stdlib cimport malloc, free
 
 from .ops cimport *
-from .parallel cimport threads_for
+from .parallel cimport pieces_for, threads_for
 
 # ---------------------------------------------------------------- matmul
 #
@@ -493,7 +493,8 @@ cdef int _matmul_thin(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* 
     cdef Py_ssize_t run = THIN_SUMS // J   # the longest run of A's rows a transposed chunk takes at once
     cdef Py_ssize_t most = min(m // THIN_RUN, max(<Py_ssize_t>threads_for(workers), (m + run - 1) // run)) \
         if trans_a else m // R
-    cdef int chunks = <int>max(1, min(<Py_ssize_t>workers, most))
+    cdef int chunks = <int>max(1, min(<Py_ssize_t>workers, most)) if trans_a else \
+        pieces_for(workers, most, <double>m * n * k)
     # per chunk: R x J dot products, or J running sums for each of up to `run` rows
     cdef Py_ssize_t rows = min(run, (m + chunks - 1) // chunks) if trans_a else R
     # The J rows of running sums lie ldt apart, a cache line past their length: at a
@@ -503,7 +504,7 @@ cdef int _matmul_thin(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* 
     cdef floating* bt = <floating*>malloc((J * k + chunks * J * ldt) * sizeof(floating))
     cdef floating* t
     cdef Py_ssize_t i, j, p, r, lo, hi, i0, w, group
-    cdef int chunk, n_threads = threads_for(chunks)
+    cdef int chunk, n_threads = threads_for(min(chunks, workers))
     if bt == NULL:
         return -1
     # op(B)[p, j] for j < J (0 past n): at bt[p * J + j] when row p scales A's row p
@@ -515,7 +516,7 @@ cdef int _matmul_thin(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* 
     # Dot products: chunks of whole groups of R rows, so only the last chunk has rows left
     # over (each costs a whole call: 256 chunks of 16 rows made fwd2 at batch 8 10% slower).
     cdef Py_ssize_t unit = 1 if trans_a else R, units = (m + unit - 1) // unit
-    for chunk in prange(chunks, nogil=True, num_threads=n_threads, schedule='static'):
+    for chunk in prange(chunks, nogil=True, num_threads=n_threads, schedule='dynamic'):
         lo = min(m, (units * chunk) // chunks * unit)
         hi = min(m, (units * (chunk + 1)) // chunks * unit)
         t = bt + J * k + chunk * J * ldt
@@ -568,7 +569,7 @@ cdef int _matmul_one_strip(bint narrow, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k
     one tile through all of k, dX2 at batch 32 took 39 ms instead of 27 on one worker."""
     cdef Py_ssize_t NR = _nr(a) // 2 if narrow else _nr(a)
     cdef Py_ssize_t m_tiles = (m + MR - 1) // MR, pc, kc, tile, lo, hi
-    cdef int chunk, n_threads = threads_for(workers)
+    cdef int chunk, n_threads = threads_for(workers), pieces = pieces_for(workers, m_tiles, <double>m * n * k)
     cdef floating* bp = <floating*>malloc(k * NR * sizeof(floating))
     if bp == NULL:
         return -1
@@ -577,9 +578,9 @@ cdef int _matmul_one_strip(bint narrow, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k
         kc = min(kc_max, k - pc)
         _pack_b(b + pc * sbp, sbp, sbj, kc, n, NR, bp + pc * NR)
         pc += kc
-    for chunk in prange(workers, nogil=True, num_threads=n_threads, schedule='static'):
-        lo = (m_tiles * chunk) // workers
-        hi = (m_tiles * (chunk + 1)) // workers
+    for chunk in prange(pieces, nogil=True, num_threads=n_threads, schedule='dynamic'):
+        lo = (m_tiles * chunk) // pieces
+        hi = (m_tiles * (chunk + 1)) // pieces
         for tile in range(lo, hi):
             pc = 0
             while pc < k:
@@ -602,7 +603,7 @@ cdef int matmul(const floating[:, ::1] a, bint trans_a, const floating[:, ::1] b
     cdef bint narrow = n <= _nr(&out[0, 0]) // 2
     cdef Py_ssize_t NR = _nr(&out[0, 0]) // 2 if narrow else _nr(&out[0, 0])
     cdef Py_ssize_t n_strips, m_tiles, kc_max, strips_per_group, g0, g1, pc, kc, s, lo, hi
-    cdef int chunk, n_threads = threads_for(workers)
+    cdef int chunk, pieces, n_threads = threads_for(workers)
     cdef bint split_rows
     cdef floating alpha_f = <floating>alpha, beta_f = <floating>beta, beta_block
     cdef floating* bp
@@ -629,6 +630,8 @@ cdef int matmul(const floating[:, ::1] a, bint trans_a, const floating[:, ::1] b
     # batch 8, ran 1.3x faster on 2 workers than with its strips cut, 1.5x on 256).
     # Otherwise cut the dimension with more tiles, so every thread gets an equal share.
     split_rows = m_tiles >= n_strips or m_tiles >= 4 * n_threads
+    # split by rows, the tiles are handed out as pieces on demand (pieces_for)
+    pieces = pieces_for(workers, m_tiles, <double>m * n * k)
     # A few output tiles and several k-blocks: share the k-blocks instead (split-k).
     if n_threads > 1 and k > kc_max and m_tiles * n_strips < 4 * n_threads:
         if _matmul_split_k(narrow, m, n, k, kc_max, n_strips, &a[0, 0], sai, sap, &b[0, 0], sbp, sbj,
@@ -652,9 +655,9 @@ cdef int matmul(const floating[:, ::1] a, bint trans_a, const floating[:, ::1] b
             g0 = 0
             while g0 < n_strips:
                 g1 = min(g0 + strips_per_group, n_strips)
-                for chunk in prange(workers, nogil=True, num_threads=n_threads, schedule='static'):
-                    lo = (m_tiles * chunk) // workers
-                    hi = (m_tiles * (chunk + 1)) // workers
+                for chunk in prange(pieces, nogil=True, num_threads=n_threads, schedule='dynamic'):
+                    lo = (m_tiles * chunk) // pieces
+                    hi = (m_tiles * (chunk + 1)) // pieces
                     _block(narrow, lo * MR, min(hi * MR, m), g0, g1, m, n, kc, &a[0, 0] + pc * sap,
                            sai, sap, bp, &out[0, 0], alpha_f, beta_block)
                 g0 = g1

@@ -6,7 +6,9 @@ block of columns, a tile). ``workers`` chunks are run by at most
 ``parallelize(num_work_items)`` ran its work items on a pool of one thread per
 core: asking for 256 workers on 2 cores makes up to 256 chunks, not 256 threads
 fighting for 2 cores. No chunk gets less than the grain (below), so small
-kernels run as one chunk on the calling thread.
+kernels run as one chunk on the calling thread. The matmul paths that carry
+training cut their row tiles finer still, into pieces handed out on demand
+(``pieces_for``), so that a slowed thread takes less of the work.
 """
 import os
 
@@ -110,6 +112,30 @@ cdef int chunks_for(double work, double grain, int workers) noexcept nogil:
     cdef double most = work / grain
     if most >= workers:
         return workers
+    return <int>most if most >= 1.0 else 1
+
+
+# Pieces handed out on demand (see pieces_for): per thread, and the least work one gets.
+cdef int PIECES_PER_THREAD = 16
+cdef double PIECE_WORK = 262144.0   # multiply-adds: ~5 us on one core, against ~0.1-1 us to hand a piece out
+
+
+cdef int pieces_for(int workers, Py_ssize_t units, double work) noexcept nogil:
+    """Pieces to cut an output of ``units`` independent parts (row tiles, row groups)
+    into, for a ``prange(..., schedule='dynamic')`` that hands them to the threads as
+    they finish: the ``workers`` chunks, or PIECES_PER_THREAD per thread where each still
+    gets PIECE_WORK. A thread slowed by another process (or by a core that runs slower
+    for a while, as this VM's do) then takes fewer pieces, instead of the whole team
+    waiting at the barrier for its fixed half. Only for kernels whose results do not
+    depend on the cut (each output element one sum in a fixed order)."""
+    cdef int threads = threads_for(workers)
+    cdef double most = workers, balanced
+    if threads > 1:
+        balanced = min(<double>threads * PIECES_PER_THREAD, work / PIECE_WORK)
+        if balanced > most:
+            most = balanced
+    if most > units:
+        most = units
     return <int>most if most >= 1.0 else 1
 
 
