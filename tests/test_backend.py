@@ -210,6 +210,32 @@ def test_subprocess_uses_the_compiled_core_not_bare_sources(tmp_path):
     assert core.exists()
 
 
+def test_dynamic_sees_busy_cores_from_its_first_kernel(tmp_path):
+    """The load probe takes its first reading at import, so the first large kernel
+    after other processes got busy already measures them: no kernel runs on threads
+    that wait for a descheduled partner while the probe learns the load."""
+    code = """
+import subprocess, sys, time
+import mocrograd
+from mocrograd import Matrix
+from mocrograd._core import other_load
+hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(mocrograd.cpu_count())]
+try:
+    a, b = Matrix.rand(512, 512, seed=1), Matrix.rand(512, 512, seed=2)
+    time.sleep(0.5)
+    a @ b                          # the first dynamic kernel large enough to consult the probe
+    print(mocrograd.machine_contended(), other_load())
+finally:
+    for hog in hogs:
+        hog.kill()
+"""
+    result = run_python(tmp_path, code, OMP_NUM_THREADS="2")
+    assert result.returncode == 0, result.stderr
+    contended, load = result.stdout.split()
+    assert contended == "True"
+    assert float(load) >= 0.5
+
+
 def test_dynamic_sees_busy_cores_and_gives_way(tmp_path):
     """With a busy process per core, the load probe counts them and dynamic stops
     using threads that would wait for a descheduled partner at every barrier."""

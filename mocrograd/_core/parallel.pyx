@@ -206,3 +206,8 @@ def _detect_threads():
 
 _threads = _detect_threads()
 _uncontended = _threads
+# The probe's first reading, at import: the first large dynamic kernel (data loading
+# and model building come between) then measures the load instead of only taking
+# this reading, and a fit started beside a busy process no longer runs its first
+# 0.1-0.2 s on threads that wait for a descheduled partner.
+_probe()
