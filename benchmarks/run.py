@@ -268,6 +268,38 @@ def machine_info(torch_info):
 
 # ----------------------------------------------------------------------------- running
 
+def core_speeds(size=192, calls=15):
+    """GFLOP/s of mocrograd's size^3 float32 product on one worker, pinned to each CPU this
+    process may use in turn (median of ``calls``; ~10 ms in all), keyed by CPU number.
+
+    On a virtual machine the host can slow a core for seconds to minutes (another guest
+    on it, or on its SMT sibling) without any process of ours seeing it in /proc/stat:
+    this is the record of that. None where affinity cannot be set (not Linux)."""
+    import mocrograd
+    from mocrograd import Matrix
+
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        return None
+    a = Matrix(np.ones((size, size), np.float32))
+    speeds = {}
+    try:
+        with mocrograd.backend("optimized", 1):
+            for cpu in cpus:
+                os.sched_setaffinity(0, {cpu})
+                a @ a
+                times = []
+                for _ in range(calls):
+                    start = time.perf_counter()
+                    a @ a
+                    times.append(time.perf_counter() - start)
+                speeds[str(cpu)] = round(2 * size ** 3 / statistics.median(times) / 1e9, 1)
+    finally:
+        os.sched_setaffinity(0, cpus)   # before the next child starts: it inherits this affinity
+    return speeds
+
+
 def run_child(spec, workdir, tag):
     """One fresh-interpreter training run; the child's result plus wall time, rusage and load."""
     spec_path = os.path.join(workdir, f"{tag}.spec.json")
@@ -275,7 +307,7 @@ def run_child(spec, workdir, tag):
     log_path = os.path.join(workdir, f"{tag}.log")
     with open(spec_path, "w") as f:
         json.dump(spec, f)
-    load_before = loadavg()
+    load_before, cores_before = loadavg(), core_speeds()
     busy_before = busy_cpu_seconds()
     start = time.perf_counter()
     with open(log_path, "w") as log:
@@ -291,7 +323,7 @@ def run_child(spec, workdir, tag):
               if busy_before is not None and busy_after is not None and wall > 0 else None)
     record = {"load_before": load_before, "load_after": loadavg(), "process_wall_seconds": wall,
               "exit_code": process.returncode, "child_maxrss_mb": usage.ru_maxrss / 1024,
-              "child_cpu_seconds": child_cpu, "other_busy_cores": others}
+              "child_cpu_seconds": child_cpu, "other_busy_cores": others, "core_gflops_before": cores_before}
     if process.returncode == 0 and os.path.exists(result_path):
         with open(result_path) as f:
             record.update(json.load(f))
@@ -347,7 +379,9 @@ def train_all(args, cores, torch_skip, workdir, log=sys.stderr):
                 load = run["load_before"]["1min"] if run["load_before"] else float("nan")
                 others = run.get("other_busy_cores")
                 others = f", other processes {others:.2f} cores" if others is not None else ""
-                print(f"[{repeat + 1}/{args.repeats}] {key:>10} {name:<16} {shown}  (load {load:.2f}{others})",
+                speeds = run["core_gflops_before"]
+                speeds = f", cores {'/'.join(f'{v:.0f}' for v in speeds.values())} GFLOP/s" if speeds else ""
+                print(f"[{repeat + 1}/{args.repeats}] {key:>10} {name:<16} {shown}  (load {load:.2f}{others}{speeds})",
                       file=log, flush=True)
     for key in results:
         for entry in results[key]["configs"].values():
@@ -486,6 +520,24 @@ def _fmt_cores(value):
     return "?" if value is None else f"{value:.2f}"
 
 
+def core_speed_line(training):
+    """The Markdown line on each CPU's speed before the training runs (``core_speeds``):
+    median and min-max over the runs; None when no run recorded it (older results)."""
+    per_cpu = {}
+    for network in (training or {}).values():
+        for entry in network["configs"].values():
+            for run in entry.get("runs", []):
+                for cpu, gflops in (run.get("core_gflops_before") or {}).items():
+                    per_cpu.setdefault(cpu, []).append(gflops)
+    if not per_cpu:
+        return None
+    cells = [f"CPU {cpu} {statistics.median(v):.0f} ({min(v):.0f}-{max(v):.0f})" for cpu, v in sorted(
+        per_cpu.items(), key=lambda item: int(item[0]))]
+    return ("- **Core speed** before each training run, GFLOP/s of a 192^3 product on one pinned core, "
+            "median (min-max) over the runs: " + ", ".join(cells) + ". A virtual machine's host can slow a "
+            "core for minutes without any process here showing it; runs in such a stretch are slower.")
+
+
 def _fmt_load(load):
     return f"{load['1min']:.2f} / {load['5min']:.2f} / {load['15min']:.2f}" if load else "unknown"
 
@@ -515,6 +567,7 @@ def markdown(report):
               f"{_fmt_cores(report['load'].get('other_busy_cores'))} cores busy on average during the benchmark. "
               "The machine may be shared: another busy process slows the multi-threaded runs most (see each "
               "row's *other load*; every run's figures are in latest.json).",
+              *filter(None, [core_speed_line(report.get("training"))]),
               "- **Environment**: " + _env_line(report["environment"]),
               f"- **Protocol**: {s['epochs']} epoch(s) of a training and a validation pass, batch {BATCH_SIZE}, "
               f"SGD lr {LR}, L2 {L2} on the weights; {s['repeats']} repeat(s) per configuration, each a fresh "

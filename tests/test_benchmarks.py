@@ -173,6 +173,10 @@ def test_outputs_and_header(quick_run):
     assert report["load"]["start"] is not None and report["load"]["end"] is not None
     run = report["training"]["normal"]["configs"]["dynamic"]["runs"][0]
     assert run["load_before"] is not None and run["load_after"] is not None
+    # every CPU's speed before the run, and its summary line
+    assert sorted(run["core_gflops_before"], key=int) == [str(c) for c in sorted(os.sched_getaffinity(0))]
+    assert all(gflops > 0 for gflops in run["core_gflops_before"].values())
+    assert "**Core speed** before each training run" in (out / "latest.md").read_text()
     if via_bash:
         unset = report["environment"]["unset"]
         assert unset["OPENBLAS_L2_SIZE"] == {"unset_by_run_sh": True, "was_set": True, "previous_value": "1234567"}
