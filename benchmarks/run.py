@@ -379,9 +379,9 @@ def train_all(args, cores, torch_skip, workdir, log=sys.stderr):
                 load = run["load_before"]["1min"] if run["load_before"] else float("nan")
                 others = run.get("other_busy_cores")
                 others = f", other processes {others:.2f} cores" if others is not None else ""
-                speeds = run["core_gflops_before"]
-                speeds = f", cores {'/'.join(f'{v:.0f}' for v in speeds.values())} GFLOP/s" if speeds else ""
-                print(f"[{repeat + 1}/{args.repeats}] {key:>10} {name:<16} {shown}  (load {load:.2f}{others}{speeds})",
+                gflops = run["core_gflops_before"]
+                cores_line = f", cores {'/'.join(f'{v:.0f}' for v in gflops.values())} GFLOP/s" if gflops else ""
+                print(f"[{repeat + 1}/{args.repeats}] {key:>10} {name:<16} {shown}  (load {load:.2f}{others}{cores_line})",
                       file=log, flush=True)
     for key in results:
         for entry in results[key]["configs"].values():

@@ -210,11 +210,7 @@ def test_subprocess_uses_the_compiled_core_not_bare_sources(tmp_path):
     assert core.exists()
 
 
-def test_dynamic_sees_busy_cores_from_its_first_kernel(tmp_path):
-    """The load probe takes its first reading at import, so the first large kernel
-    after other processes got busy already measures them: no kernel runs on threads
-    that wait for a descheduled partner while the probe learns the load."""
-    code = """
+BESIDE_HOGS = """
 import subprocess, sys, time
 import mocrograd
 from mocrograd import Matrix
@@ -222,43 +218,39 @@ from mocrograd._core import other_load
 hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(mocrograd.cpu_count())]
 try:
     a, b = Matrix.rand(512, 512, seed=1), Matrix.rand(512, 512, seed=2)
-    time.sleep(0.5)
-    a @ b                          # the first dynamic kernel large enough to consult the probe
+{body}
     print(mocrograd.machine_contended(), other_load())
 finally:
     for hog in hogs:
         hog.kill()
 """
-    result = run_python(tmp_path, code, OMP_NUM_THREADS="2")
+
+
+def contention_seen(tmp_path, body):
+    """(machine_contended(), other_load()) after ``body`` ran beside a busy process per core
+    (``a @ b`` is a dynamic kernel large enough to consult the load probe)."""
+    result = run_python(tmp_path, BESIDE_HOGS.format(body=body), OMP_NUM_THREADS="2")
     assert result.returncode == 0, result.stderr
     contended, load = result.stdout.split()
+    return contended, float(load)
+
+
+def test_dynamic_sees_busy_cores_from_its_first_kernel(tmp_path):
+    """The load probe takes its first reading at import, so the first large kernel
+    after other processes got busy already measures them: no kernel runs on threads
+    that wait for a descheduled partner while the probe learns the load."""
+    contended, load = contention_seen(tmp_path, "    time.sleep(0.5)\n    a @ b")
     assert contended == "True"
-    assert float(load) >= 0.5
+    assert load >= 0.5
 
 
 def test_dynamic_sees_busy_cores_and_gives_way(tmp_path):
     """With a busy process per core, the load probe counts them and dynamic stops
     using threads that would wait for a descheduled partner at every barrier."""
-    code = """
-import subprocess, sys, time
-import mocrograd
-from mocrograd import Matrix
-from mocrograd._core import get_backend_state
-from mocrograd._core import other_load
-hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(mocrograd.cpu_count())]
-try:
-    a, b = Matrix.rand(512, 512, seed=1), Matrix.rand(512, 512, seed=2)
+    contended, load = contention_seen(tmp_path, """\
     deadline = time.time() + 20
     while time.time() < deadline and not mocrograd.machine_contended():
-        a @ b                      # a dynamic kernel large enough to consult the probe
-        time.sleep(0.01)
-    print(mocrograd.machine_contended(), other_load())
-finally:
-    for hog in hogs:
-        hog.kill()
-"""
-    result = run_python(tmp_path, code, OMP_NUM_THREADS="2")
-    assert result.returncode == 0, result.stderr
-    contended, load = result.stdout.split()
+        a @ b
+        time.sleep(0.01)""")
     assert contended == "True"
-    assert float(load) >= 0.5
+    assert load >= 0.5

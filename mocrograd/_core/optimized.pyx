@@ -630,8 +630,6 @@ cdef int matmul(const floating[:, ::1] a, bint trans_a, const floating[:, ::1] b
     # batch 8, ran 1.3x faster on 2 workers than with its strips cut, 1.5x on 256).
     # Otherwise cut the dimension with more tiles, so every thread gets an equal share.
     split_rows = m_tiles >= n_strips or m_tiles >= 4 * n_threads
-    # split by rows, the tiles are handed out as pieces on demand (pieces_for)
-    pieces = pieces_for(workers, m_tiles, <double>m * n * k)
     # A few output tiles and several k-blocks: share the k-blocks instead (split-k).
     if n_threads > 1 and k > kc_max and m_tiles * n_strips < 4 * n_threads:
         if _matmul_split_k(narrow, m, n, k, kc_max, n_strips, &a[0, 0], sai, sap, &b[0, 0], sbp, sbj,
@@ -651,7 +649,8 @@ cdef int matmul(const floating[:, ::1] a, bint trans_a, const floating[:, ::1] b
             _pack_b(&b[0, 0] + pc * sbp + s * NR * sbj, sbp, sbj, kc,
                     min(NR, n - s * NR), NR, bp + s * kc * NR)
         if split_rows:
-            # one group of strips at a time (it stays in L2), its rows cut into chunks
+            # one group of strips at a time (it stays in L2), its row tiles handed out as pieces
+            pieces = pieces_for(workers, m_tiles, <double>m * n * k)
             g0 = 0
             while g0 < n_strips:
                 g1 = min(g0 + strips_per_group, n_strips)
