@@ -54,25 +54,14 @@ cdef extern from *:
     #define MOCRO_NR_F32 (2 * MOCRO_VEC_BYTES / 4)
     #define MOCRO_NR_F64 (2 * MOCRO_VEC_BYTES / 8)
 
-    /* Fused multiply-add: one instruction and one rounding where the CPU has it.
-       The build is ISO C (-std=c11), where GCC never contracts a * b + c into an
-       FMA on its own (and we never use -ffast-math), so we ask for it: fmaf in the
-       float tile's plain loop, vectorized as vfmadd when FMA is enabled
-       (-march=native, -fno-math-errno), and MOCRO_CONTRACT in the C tiles below. */
-    #include <math.h>
-    #if defined(__FMA__) || defined(__AVX512F__)
-    #define MOCRO_FMAF(a, b, c) fmaf((a), (b), (c))
-    #else
-    #define MOCRO_FMAF(a, b, c) ((a) * (b) + (c))
-    #endif
-
     /* The register tiles: MR rows x V SIMD vectors of W lanes, V = 2 (the wide
-       tile, NR = 2W columns; which CPUs use it: see _micro_tile) or 1 (the narrow tile,
-       for n <= NR/2: a batch of 8).
+       tile, NR = 2W columns) or 1 (the narrow tile, for n <= NR/2: a batch of 8).
        out[i * V * W + j] = sum over p < kc of a[i * sai + p * sap] * bp[p * V * W + j].
        Written with GCC/Clang vector types because, given plain loops, GCC
-       vectorizes these shapes across rows with shuffles and spills: the narrow
-       float tile ran 5x slower and the wide double tile 20x (4.5 GFLOP/s).
+       vectorizes these shapes across rows with shuffles and spills (the narrow
+       float tile ran 5x slower and the wide double tile 20x: 4.5 GFLOP/s), or,
+       tuned for an Intel AVX-512 CPU, with half-width vectors whose sums no longer
+       fit the registers; the vector type fixes the width.
        acc[i][v] += a_i * b[v] is one fused multiply-add per row, vector and step:
        one instruction and one rounding where the CPU has FMA (the build is ISO C,
        where GCC contracts a * b + c only when asked: MOCRO_CONTRACT), a multiply
@@ -110,15 +99,6 @@ cdef extern from *:
     #endif
     MOCRO_TILE(mocro_wide_tile_f32, float, MOCRO_HALF_NR_F32, 2)
     MOCRO_TILE(mocro_wide_tile_f64, double, MOCRO_HALF_NR_F64, 2)
-    /* Which wide float tile: the plain loop where it measured faster (AVX-512), the
-       vector-type tile elsewhere (see _micro_tile). */
-    #ifndef MOCRO_PLAIN_FLOAT_TILE
-    #if defined(__AVX512F__)
-    #define MOCRO_PLAIN_FLOAT_TILE 1
-    #else
-    #define MOCRO_PLAIN_FLOAT_TILE 0
-    #endif
-    #endif
     MOCRO_TILE(mocro_narrow_tile_f32, float, MOCRO_HALF_NR_F32, 1)
     MOCRO_TILE(mocro_narrow_tile_f64, double, MOCRO_HALF_NR_F64, 1)
 
@@ -230,8 +210,6 @@ cdef extern from *:
         NR_F32 "MOCRO_NR_F32"
         NR_F64 "MOCRO_NR_F64"
         HALF_NR_F32 "MOCRO_HALF_NR_F32"
-    float MOCRO_FMAF(float a, float b, float c) noexcept nogil
-    bint PLAIN_FLOAT_TILE "MOCRO_PLAIN_FLOAT_TILE"
     bint DOT8 "MOCRO_DOT8"
     Py_ssize_t DOT_ROWS "MOCRO_DOT_ROWS"(Py_ssize_t J) noexcept nogil
     void mocro_wide_tile_f32(Py_ssize_t kc, const float* a, Py_ssize_t sai, Py_ssize_t sap,
@@ -302,32 +280,17 @@ cdef inline void _micro_tile(Py_ssize_t kc, const floating* a, Py_ssize_t sai, P
     """c[:mr, :nr] = beta * c + alpha * a[:MR, :kc] @ bp[:kc, :NR]: the micro-kernel.
 
     The MR x NR sums live in registers for the whole k loop: per step p it loads
-    two vectors of B, broadcasts MR values of A and issues 2 * MR FMAs. The plain
-    loop below does it for float on AVX-512 (fixed trip counts: the compiler unrolls
-    i and j and vectorizes j; 9% faster there than the C tile). Everywhere else,
-    double on every CPU and float without AVX-512, GCC vectorizes that loop across
-    rows with shuffles and spills (2-5 GFLOP/s), so those take the vector-type tile
-    (MOCRO_TILE: 40-100 GFLOP/s)."""
+    two vectors of B, broadcasts MR values of A and issues 2 * MR FMAs. It is the
+    vector-type C tile (MOCRO_TILE) for every type and CPU: given the same plain
+    loops, GCC vectorized them across rows with shuffles and spills (2-5 GFLOP/s for
+    double, and for float without AVX-512), or with half-width vectors where its
+    tuning prefers them (Intel AVX-512 CPUs). The vector type fixes the width."""
     cdef floating acc[MR * NR_F32]
-    cdef floating a_ip
-    cdef Py_ssize_t i, j, p, NR = _nr(a)
-    if floating is double:
-        mocro_wide_tile_f64(kc, a, sai, sap, bp, acc)
-    elif not PLAIN_FLOAT_TILE:
+    if floating is float:
         mocro_wide_tile_f32(kc, a, sai, sap, bp, acc)
     else:
-        # step 0 starts the sums from 0 itself: no zeroing pass first, which GCC made a
-        # memset call per tile (about 10% of a batch-8 SGD step's product, k = 8)
-        for i in range(MR):
-            a_ip = a[i * sai]
-            for j in range(NR):
-                acc[i * NR + j] = MOCRO_FMAF(a_ip, bp[j], 0)
-        for p in range(1, kc):
-            for i in range(MR):
-                a_ip = a[i * sai + p * sap]
-                for j in range(NR):
-                    acc[i * NR + j] = MOCRO_FMAF(a_ip, bp[p * NR + j], acc[i * NR + j])
-    _store_tile(acc, NR, c, ldc, mr, nr, alpha, beta)
+        mocro_wide_tile_f64(kc, a, sai, sap, bp, acc)
+    _store_tile(acc, _nr(a), c, ldc, mr, nr, alpha, beta)
 
 
 cdef inline void _micro_tile_narrow(Py_ssize_t kc, const floating* a, Py_ssize_t sai, Py_ssize_t sap,
