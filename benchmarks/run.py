@@ -260,7 +260,7 @@ def machine_info(torch_info):
             "torch": torch_info["version"] if torch_info else None,
             "torch_default_threads": torch_info["default_threads"] if torch_info else None,
             "mocrograd": mocrograd.__version__, "mocrograd_path": os.path.dirname(mocrograd.__file__),
-            "git_revision": git_revision(),
+            "git_revision": git_revision(), "build": mocrograd.build_info(),
             # NumPy's BLAS and mocrograd's OpenMP (read before scikit-learn/SciPy load their own)
             "threadpools": threadpool_info(),
             "torch_threadpools": torch_info["threadpools"] if torch_info else None}
@@ -538,6 +538,16 @@ def core_speed_line(training):
             "core for minutes without any process here showing it; runs in such a stretch are slower.")
 
 
+def _build_line(build):
+    """The Markdown line on how the core was compiled (``mocrograd.build_info``); None for
+    results from before it was recorded."""
+    if not build:
+        return None
+    return (f"- **Build** (`mocrograd.build_info()`): {build['compiler']}, "
+            f"{'native' if build['native'] else 'portable'}, {build['vector_bytes']}-byte vectors, "
+            f"register tile {build['register_tile']}; C flags `{' '.join(build['c_args'])}`")
+
+
 def _fmt_load(load):
     return f"{load['1min']:.2f} / {load['5min']:.2f} / {load['15min']:.2f}" if load else "unknown"
 
@@ -561,6 +571,7 @@ def markdown(report):
               f"- **Versions**: Python {m['python']}, NumPy {m['numpy']}, "
               f"PyTorch {m['torch'] or '(' + s['torch'] + ')'}, "
               f"mocrograd {m['mocrograd']} (git {m['git_revision'] or 'unknown'})",
+              *filter(None, [_build_line(m.get("build"))]),
               f"- **Thread pools** (threadpoolctl): {_threadpools_line(m['threadpools'])}",
               f"- **Load average** (1 / 5 / 15 min): {_fmt_load(report['load']['start'])} at the start, "
               f"{_fmt_load(report['load']['end'])} at the end; other processes kept "

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+import mocrograd
+
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 NETWORKS = ("normal", "longer", "bigger")
 OURS = ("naive", "optimized-1", "optimized-10", "optimized-64", "optimized-256", "optimized-cores", "dynamic")
@@ -168,8 +170,10 @@ def test_outputs_and_header(quick_run):
     assert "| dynamic |" in done.stdout
     machine = report["machine"]
     for key in ("cpu_model", "os_cpu_count", "mocrograd_cpu_count", "openmp_enabled", "python", "numpy",
-                "mocrograd", "threadpools"):
+                "mocrograd", "threadpools", "build"):
         assert key in machine
+    assert machine["build"] == mocrograd.build_info()
+    assert f"{machine['build']['vector_bytes']}-byte vectors" in (out / "latest.md").read_text()
     assert report["load"]["start"] is not None and report["load"]["end"] is not None
     run = report["training"]["normal"]["configs"]["dynamic"]["runs"][0]
     assert run["load_before"] is not None and run["load_after"] is not None

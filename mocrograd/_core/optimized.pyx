@@ -206,6 +206,7 @@ cdef extern from *:
     MOCRO_THIN_ENTRIES(f64, double)
     """
     enum:
+        VEC_BYTES "MOCRO_VEC_BYTES"
         MR "MOCRO_MR"
         NR_F32 "MOCRO_NR_F32"
         NR_F64 "MOCRO_NR_F64"
@@ -249,6 +250,12 @@ cdef enum:
     SUM_PAD = 64         # bytes from the sums' row stride to a multiple of 4 KB (see _matmul_thin)
     THIN_ROWS = 8        # rows of A per transposed thin call (running sums loaded and stored once per call;
                          # 32 rows at once read 32 short runs side by side and ran 2x slower)
+
+
+def register_tile():
+    """The SIMD width this build's kernels use and the float register tile it gives:
+    {"vector_bytes": 64 (AVX-512), 32 (AVX) or 16, "rows": MR, "float_columns": NR}."""
+    return {"vector_bytes": VEC_BYTES, "rows": MR, "float_columns": NR_F32}
 
 
 cdef inline Py_ssize_t _nr(const floating* x) noexcept nogil:
