@@ -40,7 +40,7 @@ def test_a_native_build_uses_the_full_vector_width_of_this_cpu():
 
 def test_512_bit_vectors_are_asked_for_where_the_compiler_takes_it():
     # GCC tuned for Intel's AVX-512 CPUs prefers 256-bit vectors: the float register
-    # tile then spilled, and the matmul ran at 15-25% of NumPy (docs/optimizations.md)
+    # tile then spilled, and the matmul ran at 15-58% of NumPy (docs/optimizations.md)
     info = mg.build_info()
     if platform.machine().lower() not in ("x86_64", "amd64") or info["compiler"].split()[0] not in ("gcc", "clang"):
         pytest.skip("the flag is GCC's and Clang's, on x86")
