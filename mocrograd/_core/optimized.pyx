@@ -69,6 +69,18 @@ cdef extern from *:
     #include <string.h>
     #define MOCRO_HALF_NR_F32 (MOCRO_VEC_BYTES / 4)
     #define MOCRO_HALF_NR_F64 (MOCRO_VEC_BYTES / 8)
+    /* Step P of a tile's k loop: the sums take (OP "=", step 0) or add (OP "+=")
+       a_i * b for each row i. */
+    #define MOCRO_TILE_STEP(T, W, V, P, OP) {                                          \
+            memcpy(&b0, bp + (P) * V * W, sizeof b0);                                  \
+            if (V == 2) memcpy(&b1, bp + (P) * V * W + W, sizeof b1);                  \
+            const T* a_p = a + (P) * sap;                                              \
+            for (int i = 0; i < MOCRO_MR; i++) {                                       \
+                T a_i = a_p[i * sai];                                                  \
+                acc0[i] OP a_i * b0;                                                   \
+                if (V == 2) acc1[i] OP a_i * b1;                                       \
+            }                                                                          \
+        }
     #define MOCRO_TILE(NAME, T, W, V)                                                  \
     typedef T NAME##_vec __attribute__((vector_size(MOCRO_VEC_BYTES)));                \
     MOCRO_CONTRACT static void NAME(Py_ssize_t kc, const T* a, Py_ssize_t sai,         \
@@ -78,22 +90,8 @@ cdef extern from *:
         NAME##_vec acc0[MOCRO_MR], acc1[MOCRO_MR], b0, b1;                             \
         /* step 0 starts the sums (kc >= 1): zeroing them first became two memset      \
            calls per tile, a tenth of a shallow product's time (k = 8: the SGD step) */ \
-        memcpy(&b0, bp, sizeof b0);                                                    \
-        if (V == 2) memcpy(&b1, bp + W, sizeof b1);                                    \
-        for (int i = 0; i < MOCRO_MR; i++) {                                           \
-            acc0[i] = a[i * sai] * b0;                                                 \
-            if (V == 2) acc1[i] = a[i * sai] * b1;                                     \
-        }                                                                              \
-        for (Py_ssize_t p = 1; p < kc; p++) {                                          \
-            memcpy(&b0, bp + p * V * W, sizeof b0);                                    \
-            if (V == 2) memcpy(&b1, bp + p * V * W + W, sizeof b1);                    \
-            const T* a_p = a + p * sap;                                                \
-            for (int i = 0; i < MOCRO_MR; i++) {                                       \
-                T a_i = a_p[i * sai];                                                  \
-                acc0[i] += a_i * b0;                                                   \
-                if (V == 2) acc1[i] += a_i * b1;                                       \
-            }                                                                          \
-        }                                                                              \
+        MOCRO_TILE_STEP(T, W, V, 0, =)                                                 \
+        for (Py_ssize_t p = 1; p < kc; p++) MOCRO_TILE_STEP(T, W, V, p, +=)            \
         for (int i = 0; i < MOCRO_MR; i++) {                                           \
             memcpy(out + i * V * W, &acc0[i], sizeof b0);                              \
             if (V == 2) memcpy(out + i * V * W + W, &acc1[i], sizeof b1);              \
