@@ -14,16 +14,16 @@ WORKERS = (1, 2, 3, 7, 64)
 # (m, k, n): tiny, vectors, primes, one off the tile sizes (MR is 12 or 6, NR 32/16
 # or 16/8), deeper than one k-block (256 floats / 128 doubles, 1024 when n <= NR),
 # small versions of the network's shapes (n = 32 batch columns), the thin
-# kernels' cases (n <= 4, and n <= 16 for op(A) = A^T) and batch-wide products
+# kernels' cases (n <= 4, and n <= 16 for op(A) = A^T, n <= 32 if deep and tall) and batch-wide products
 # deeper than a k-block (B in one strip, packed whole).
 SHAPES = [
     (1, 1, 1), (1, 7, 1), (1, 1, 9), (9, 1, 1), (1, 300, 1),
     (5, 3, 2), (13, 17, 31), (31, 37, 41), (12, 256, 32), (11, 255, 33),
     (25, 300, 70), (3, 1031, 2), (97, 513, 67), (64, 1100, 32), (130, 40, 8),
     (200, 32, 300), (2, 5000, 3),
-    # the thin kernels: 1, 2-4, 5-8 and 9-16 columns, rows past their row groups and blocks
+    # the thin kernels: 1, 2-4, 5-8, 9-16 and 17-32 columns, rows past their row groups and blocks
     (4500, 20, 1), (37, 9, 4), (600, 50, 13), (301, 70, 6), (11, 17, 16), (1600, 30, 8), (9000, 10, 1),
-    (2100, 7, 3), (4500, 20, 10),
+    (2100, 7, 3), (4500, 20, 10), (2050, 1030, 29),
     # one strip of B packed whole, several k-blocks per row tile: narrow and wide tiles, an edge tile
     (301, 2100, 9), (25, 1500, 20), (130, 1300, 32),
     # more strips than row tiles but several row tiles per thread: the rows are cut

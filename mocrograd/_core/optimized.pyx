@@ -109,7 +109,7 @@ cdef extern from *:
 
     /* The thin kernels, for products at most 4 columns wide (one example, a batch
        of 2: matrix-vector work; up to 8 with AVX-512, a batch of 8), and W^T G
-       products up to 16 (whose register tile reads W down its columns). A register
+       products up to 16, or 32 when deep (whose register tile reads W down its columns). A register
        tile would leave most of its lanes idle there; these run along the contiguous side of A instead, for J output
        columns at once (bt and b zero-padded to J), so each element of A is loaded
        once, and memory is the only limit.
@@ -142,22 +142,27 @@ cdef extern from *:
 
     /* thin_axpy: t[j * ldt + i] += sum over p < rows of a[p * lda + i] * b[p * J + j],
        p in order, for i < w and J columns j (op(A) = A^T: a row of A is a contiguous
-       run of op(A)'s column). Up to THIN_ROWS (8) rows of A per call, so the running sums t
-       are loaded and stored once per 8 rows. */
-    #define MOCRO_THIN_AXPY(NAME, T, W, J)                                             \
+       run of op(A)'s column). Up to THIN_ROWS (8; 32 for 16 or more columns) rows of A
+       per call, so the running sums t are loaded and stored once per call. The sums
+       of S columns at a time live in registers: 32 columns (a batch of 32) run as two
+       passes of 16 over each vector of A's rows, which the first pass left in L1
+       (32 sums and the vector of A would take 33 of the 32 registers). */
+    #define MOCRO_THIN_AXPY(NAME, T, W, J, S)                                          \
     typedef T NAME##_vec __attribute__((vector_size(MOCRO_VEC_BYTES)));                \
     MOCRO_CONTRACT static void NAME(Py_ssize_t w, Py_ssize_t ldt, Py_ssize_t rows,     \
                                     const T* a, Py_ssize_t lda, const T* b, T* t) {    \
-        NAME##_vec acc[J], x;                                                          \
+        NAME##_vec acc[S], x;                                                          \
         Py_ssize_t i = 0, p;                                                           \
-        int j;                                                                         \
+        int j, h;                                                                      \
         for (; i + W <= w; i += W) {                                                   \
-            for (j = 0; j < J; j++) memcpy(&acc[j], t + j * ldt + i, sizeof x);        \
-            for (p = 0; p < rows; p++) {                                               \
-                memcpy(&x, a + p * lda + i, sizeof x);                                 \
-                for (j = 0; j < J; j++) acc[j] += x * b[p * J + j];                    \
+            for (h = 0; h < J; h += S) {                                               \
+                for (j = 0; j < S; j++) memcpy(&acc[j], t + (h + j) * ldt + i, sizeof x); \
+                for (p = 0; p < rows; p++) {                                           \
+                    memcpy(&x, a + p * lda + i, sizeof x);                             \
+                    for (j = 0; j < S; j++) acc[j] += x * b[p * J + h + j];            \
+                }                                                                      \
+                for (j = 0; j < S; j++) memcpy(t + (h + j) * ldt + i, &acc[j], sizeof x); \
             }                                                                          \
-            for (j = 0; j < J; j++) memcpy(t + j * ldt + i, &acc[j], sizeof x);        \
         }                                                                              \
         for (; i < w; i++)                                                             \
             for (p = 0; p < rows; p++)                                                 \
@@ -183,15 +188,17 @@ cdef extern from *:
     #else
     #define MOCRO_DOT8 0
     #endif
-    MOCRO_THIN_AXPY(mocro_thin_axpy4_f32, float, MOCRO_HALF_NR_F32, 4)
-    MOCRO_THIN_AXPY(mocro_thin_axpy4_f64, double, MOCRO_HALF_NR_F64, 4)
-    MOCRO_THIN_AXPY(mocro_thin_axpy1_f32, float, MOCRO_HALF_NR_F32, 1)
-    MOCRO_THIN_AXPY(mocro_thin_axpy1_f64, double, MOCRO_HALF_NR_F64, 1)
-    MOCRO_THIN_AXPY(mocro_thin_axpy8_f32, float, MOCRO_HALF_NR_F32, 8)
-    MOCRO_THIN_AXPY(mocro_thin_axpy8_f64, double, MOCRO_HALF_NR_F64, 8)
-    MOCRO_THIN_AXPY(mocro_thin_axpy16_f32, float, MOCRO_HALF_NR_F32, 16)
-    MOCRO_THIN_AXPY(mocro_thin_axpy16_f64, double, MOCRO_HALF_NR_F64, 16)
-    /* One entry point per kernel and type: J = 1, 4 or 8 columns (dot), 1, 4, 8 or 16 (axpy). */
+    MOCRO_THIN_AXPY(mocro_thin_axpy4_f32, float, MOCRO_HALF_NR_F32, 4, 4)
+    MOCRO_THIN_AXPY(mocro_thin_axpy4_f64, double, MOCRO_HALF_NR_F64, 4, 4)
+    MOCRO_THIN_AXPY(mocro_thin_axpy1_f32, float, MOCRO_HALF_NR_F32, 1, 1)
+    MOCRO_THIN_AXPY(mocro_thin_axpy1_f64, double, MOCRO_HALF_NR_F64, 1, 1)
+    MOCRO_THIN_AXPY(mocro_thin_axpy8_f32, float, MOCRO_HALF_NR_F32, 8, 8)
+    MOCRO_THIN_AXPY(mocro_thin_axpy8_f64, double, MOCRO_HALF_NR_F64, 8, 8)
+    MOCRO_THIN_AXPY(mocro_thin_axpy16_f32, float, MOCRO_HALF_NR_F32, 16, 16)
+    MOCRO_THIN_AXPY(mocro_thin_axpy16_f64, double, MOCRO_HALF_NR_F64, 16, 16)
+    MOCRO_THIN_AXPY(mocro_thin_axpy32_f32, float, MOCRO_HALF_NR_F32, 32, 16)
+    MOCRO_THIN_AXPY(mocro_thin_axpy32_f64, double, MOCRO_HALF_NR_F64, 32, 16)
+    /* One entry point per kernel and type: J = 1, 4 or 8 columns (dot), 1, 4, 8, 16 or 32 (axpy). */
     #define MOCRO_THIN_ENTRIES(SUF, T)                                                 \
     static void mocro_thin_dot_##SUF(Py_ssize_t J, Py_ssize_t k, const T* a,           \
                                      Py_ssize_t lda, const T* bt, T* sums) {           \
@@ -205,7 +212,8 @@ cdef extern from *:
         if (J == 1) mocro_thin_axpy1_##SUF(w, ldt, rows, a, lda, b, t);                \
         else if (J == 4) mocro_thin_axpy4_##SUF(w, ldt, rows, a, lda, b, t);           \
         else if (J == 8) mocro_thin_axpy8_##SUF(w, ldt, rows, a, lda, b, t);           \
-        else mocro_thin_axpy16_##SUF(w, ldt, rows, a, lda, b, t);                      \
+        else if (J == 16) mocro_thin_axpy16_##SUF(w, ldt, rows, a, lda, b, t);         \
+        else mocro_thin_axpy32_##SUF(w, ldt, rows, a, lda, b, t);                      \
     }
     MOCRO_THIN_ENTRIES(f32, float)
     MOCRO_THIN_ENTRIES(f64, double)
@@ -246,6 +254,12 @@ cdef enum:
     ONE_STRIP_BYTES = 4194304  # op(B) one strip wide and at most this big (4 MB) is packed whole (_matmul_one_strip)
     THIN = 4             # products this narrow take the thin kernels
     THIN_T = 16          # ... and W^T G products this narrow (a batch of 16: their register tile is slow)
+    THIN_T_DEEP = 32     # ... and W^T G this narrow when also deep and tall (k >= THIN_DEEP_K and
+    THIN_DEEP_K = 1024   # m >= THIN_DEEP_M, a batch of 32 through Bigger's middle layers): there the
+    THIN_DEEP_M = 2048   # register tile reads 48 bytes from each of 1024 rows of W 32 KB apart, and
+                         # dX of the 4096 x 8192 layer ran 1.9-2.2x slower with it on the Intel Xeon.
+                         # On smaller W (4 MB or less) or fewer output rows the register tile (or
+                         # split-k) was up to 3x faster.
     THIN_SUMS = 32768    # running sums the transposed thin kernel keeps per chunk (128 KB of floats: L2),
                          # so a batch of 8 reads A in runs of 4096 floats (16 KB). Short runs leave the
                          # memory system idle between them: with 8192 sums (L1, 4 KB runs) dX of the
@@ -255,6 +269,9 @@ cdef enum:
     SUM_PAD = 64         # bytes from the sums' row stride to a multiple of 4 KB (see _matmul_thin)
     THIN_ROWS = 8        # rows of A per transposed thin call (running sums loaded and stored once per call;
                          # 32 rows at once read 32 short runs side by side and ran 2x slower)
+    THIN_ROWS_WIDE = 32  # ... for 16 or more columns, whose sums cost more to load and store: at 32
+                         # columns 8 rows ran 1.3x slower than 32 (24 and 40 no faster), at 16
+                         # columns 1.0-1.1x
 
 
 def register_tile():
@@ -442,7 +459,7 @@ cdef inline void _thin_dot(Py_ssize_t J, Py_ssize_t k, const floating* a, Py_ssi
 
 cdef inline void _thin_axpy(Py_ssize_t J, Py_ssize_t w, Py_ssize_t ldt, Py_ssize_t rows, const floating* a,
                             Py_ssize_t lda, const floating* b, floating* t) noexcept nogil:
-    """One thin_axpy call for J = 1, 4, 8 or 16 columns."""
+    """One thin_axpy call for J = 1, 4, 8, 16 or 32 columns."""
     if floating is float:
         mocro_thin_axpy_f32(J, w, ldt, rows, a, lda, b, t)
     else:
@@ -453,23 +470,24 @@ cdef int _matmul_thin(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* 
                       const floating* b, Py_ssize_t sbp, Py_ssize_t sbj, floating* c, floating alpha,
                       floating beta, int workers) noexcept nogil:
     """matmul for n <= THIN columns (matrix-vector work; n <= 8 with DOT8), or
-    n <= THIN_T when op(A) = A^T, rows of the output cut into ``workers`` chunks (fewer
-    for small outputs, see below). op(B) is copied into a zero-padded buffer of J
-    columns (1 for a vector, else 4, 8 or 16; k x J, or transposed to J x k for the dot
+    n <= THIN_T (THIN_T_DEEP if deep and tall) when op(A) = A^T, rows of the output
+    cut into ``workers`` chunks or more (pieces_for), fewer for small outputs (see below). op(B) is copied into a zero-padded buffer of J
+    columns (1 for a vector, else 4, 8, 16 or 32; k x J, or transposed to J x k for the dot
     products); each output element is one sum in an order fixed by the shape. Returns
     -1 (out untouched) when the buffers cannot be allocated."""
-    cdef Py_ssize_t J = 1 if n == 1 else 4 if n <= 4 else 8 if n <= 8 else 16, R = DOT_ROWS(J)
+    cdef Py_ssize_t J = 1 if n == 1 else 4 if n <= 4 else 8 if n <= 8 else 16 if n <= 16 else 32, R = DOT_ROWS(J)
     # A chunk gets at least a row group (dot products) or THIN_RUN rows (transposed:
     # fewer would read A in short, scattered runs), so 256 workers on a small output
     # make fewer, longer chunks. Transposed, chunks beyond one per thread are cut only
     # down to the longest runs (THIN_SUMS / J rows): 64 workers on 2 threads cut dX of
     # the 4096 x 8192 layer at batch 8 into 8 chunks of 4 KB runs instead of 2 of 16 KB,
-    # and ran it 11% slower than 2 workers.
+    # and ran it 11% slower than 2 workers. The chunks are handed out on demand
+    # (pieces_for): at 32 columns the longest runs are 1024 rows, so dX of that layer
+    # is 8 of them, and a thread on a slowed core takes fewer.
     cdef Py_ssize_t run = THIN_SUMS // J   # the longest run of A's rows a transposed chunk takes at once
     cdef Py_ssize_t most = min(m // THIN_RUN, max(<Py_ssize_t>threads_for(workers), (m + run - 1) // run)) \
         if trans_a else m // R
-    cdef int chunks = <int>max(1, min(<Py_ssize_t>workers, most)) if trans_a else \
-        pieces_for(workers, most, <double>m * n * k)
+    cdef int chunks = pieces_for(workers, most, <double>m * n * k)
     # per chunk: R x J dot products, or J running sums for each of up to `run` rows
     cdef Py_ssize_t rows = min(run, (m + chunks - 1) // chunks) if trans_a else R
     # The J rows of running sums lie ldt apart, a cache line past their length: at a
@@ -514,7 +532,7 @@ cdef int _matmul_thin(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* 
                     t[i] = 0
                 p = 0
                 while p < k:
-                    r = min(THIN_ROWS, k - p)
+                    r = min(THIN_ROWS if J < 16 else THIN_ROWS_WIDE, k - p)
                     _thin_axpy(J, w, ldt, r, a + p * m + i0, m, bt + p * J, t)
                     p = p + r
                 for i in range(w):
@@ -590,7 +608,8 @@ cdef int matmul(const floating[:, ::1] a, bint trans_a, const floating[:, ::1] b
         elif beta != 1:
             scale(beta, out, workers)
         return 0
-    if n <= THIN or (DOT8 and n <= 8) or (trans_a and n <= THIN_T):
+    if n <= THIN or (DOT8 and n <= 8) or (trans_a and (n <= THIN_T or
+            (n <= THIN_T_DEEP and k >= THIN_DEEP_K and m >= THIN_DEEP_M))):
         return _matmul_thin(m, n, k, &a[0, 0], trans_a, &b[0, 0], sbp, sbj, &out[0, 0], alpha_f, beta_f, workers)
     n_strips = (n + NR - 1) // NR
     m_tiles = (m + MR - 1) // MR
