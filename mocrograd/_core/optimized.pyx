@@ -168,19 +168,31 @@ cdef extern from *:
             for (p = 0; p < rows; p++)                                                 \
                 for (j = 0; j < J; j++) t[j * ldt + i] += a[p * lda + i] * b[p * J + j]; \
     }
-    /* (rows, columns) per call: (8, 1) for a vector, (8, 4) for 2-4 columns, (5, 8)
-       for 5-8 (AVX-512 only: MOCRO_DOT8). More rows per call share each load of bt
-       (read from L2) among more rows of A; these counts measured fastest on Bigger's
-       layers (2-4 columns: 8 rows 13-27% faster than 4, with AVX-512 and with AVX2;
-       5-8 columns: 5 or 6 rows 21-36% faster than the narrow register tile, 7 or
-       more slower), though 32-40 sums spill out of registers. */
-    #define MOCRO_DOT_ROWS(J) ((J) == 8 ? 5 : 8)
-    MOCRO_THIN_DOT(mocro_thin_dot1_f32, float, MOCRO_HALF_NR_F32, MOCRO_DOT_ROWS(1), 1)
-    MOCRO_THIN_DOT(mocro_thin_dot1_f64, double, MOCRO_HALF_NR_F64, MOCRO_DOT_ROWS(1), 1)
-    MOCRO_THIN_DOT(mocro_thin_dot4_f32, float, MOCRO_HALF_NR_F32, MOCRO_DOT_ROWS(4), 4)
-    MOCRO_THIN_DOT(mocro_thin_dot4_f64, double, MOCRO_HALF_NR_F64, MOCRO_DOT_ROWS(4), 4)
-    MOCRO_THIN_DOT(mocro_thin_dot8_f32, float, MOCRO_HALF_NR_F32, MOCRO_DOT_ROWS(8), 8)
-    MOCRO_THIN_DOT(mocro_thin_dot8_f64, double, MOCRO_HALF_NR_F64, MOCRO_DOT_ROWS(8), 8)
+    /* (rows, columns) per call: (8, 1) for a vector, (8 or 4, 4) for 2-4 columns,
+       (5, 8) for 5-8 (AVX-512 only: MOCRO_DOT8). More rows per call share each load
+       of bt (read from L2) among more rows of A, but read more rows of A side by side;
+       these counts measured fastest on Bigger's layers. 5-8 columns: 5 or 6 rows
+       21-36% faster than the narrow register tile on an AMD Zen 5, 7 or more slower
+       (on Intel Cascade Lake and Emerald Rapids 2-6 rows were within 0.7-1.26x of 5),
+       though 40 sums spill out of registers. 2-4 columns: on AMD Zen 8 rows ran
+       13-27% faster than 4 (AVX-512 and AVX2 builds); on Intel Xeons 4 rows ran
+       1.02-1.44x faster than 8 (Cascade Lake, 1-2 workers) and 1.14-2.66x (Emerald
+       Rapids, 1-4 workers). The CPU is asked at run time (a native build's compiler
+       may not know the CPU's name): 8 rows on AMD and on non-x86 CPUs, 4 on others. */
+    #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+    #define MOCRO_DOT4_ROWS (__builtin_cpu_is("amd") ? 8 : 4)
+    #else
+    #define MOCRO_DOT4_ROWS 8
+    #endif
+    #define MOCRO_DOT_ROWS(J) ((J) == 8 ? 5 : (J) == 4 ? MOCRO_DOT4_ROWS : 8)
+    MOCRO_THIN_DOT(mocro_thin_dot1_f32, float, MOCRO_HALF_NR_F32, 8, 1)
+    MOCRO_THIN_DOT(mocro_thin_dot1_f64, double, MOCRO_HALF_NR_F64, 8, 1)
+    MOCRO_THIN_DOT(mocro_thin_dot4r4_f32, float, MOCRO_HALF_NR_F32, 4, 4)
+    MOCRO_THIN_DOT(mocro_thin_dot4r4_f64, double, MOCRO_HALF_NR_F64, 4, 4)
+    MOCRO_THIN_DOT(mocro_thin_dot4r8_f32, float, MOCRO_HALF_NR_F32, 8, 4)
+    MOCRO_THIN_DOT(mocro_thin_dot4r8_f64, double, MOCRO_HALF_NR_F64, 8, 4)
+    MOCRO_THIN_DOT(mocro_thin_dot8_f32, float, MOCRO_HALF_NR_F32, 5, 8)
+    MOCRO_THIN_DOT(mocro_thin_dot8_f64, double, MOCRO_HALF_NR_F64, 5, 8)
     /* 5-8 columns take thin_dot only with AVX-512: with AVX2 the narrow register tile
        (6 rows x 8 lanes, all of them used) ran 3x faster than it. */
     #if defined(__AVX512F__)
@@ -198,12 +210,13 @@ cdef extern from *:
     MOCRO_THIN_AXPY(mocro_thin_axpy16_f64, double, MOCRO_HALF_NR_F64, 16, 16)
     MOCRO_THIN_AXPY(mocro_thin_axpy32_f32, float, MOCRO_HALF_NR_F32, 32, 16)
     MOCRO_THIN_AXPY(mocro_thin_axpy32_f64, double, MOCRO_HALF_NR_F64, 32, 16)
-    /* One entry point per kernel and type: J = 1, 4 or 8 columns (dot), 1, 4, 8, 16 or 32 (axpy). */
+    /* One entry point per kernel and type: J = 1, 4 (4 or 8 rows) or 8 columns (dot), 1, 4, 8, 16 or 32 (axpy). */
     #define MOCRO_THIN_ENTRIES(SUF, T)                                                 \
     static void mocro_thin_dot_##SUF(Py_ssize_t J, Py_ssize_t k, const T* a,           \
                                      Py_ssize_t lda, const T* bt, T* sums) {           \
         if (J == 1) mocro_thin_dot1_##SUF(k, a, lda, bt, sums);                        \
-        else if (J == 4) mocro_thin_dot4_##SUF(k, a, lda, bt, sums);                   \
+        else if (J == 4 && MOCRO_DOT4_ROWS == 4) mocro_thin_dot4r4_##SUF(k, a, lda, bt, sums); \
+        else if (J == 4) mocro_thin_dot4r8_##SUF(k, a, lda, bt, sums);                 \
         else mocro_thin_dot8_##SUF(k, a, lda, bt, sums);                               \
     }                                                                                  \
     static void mocro_thin_axpy_##SUF(Py_ssize_t J, Py_ssize_t w, Py_ssize_t ldt,      \
