@@ -229,6 +229,12 @@ cdef extern from *:
         else mocro_thin_axpy32_##SUF(w, ldt, rows, a, lda, b, t);                      \
     }
     MOCRO_THIN_ENTRIES(f32, float)
+    /* Ask for `lines` cache lines from each of `rows` rows `stride_bytes` apart, for writing. */
+    static inline void mocro_prefetch_rows(const void* p, Py_ssize_t stride_bytes, int rows, int lines) {
+        const char* q = (const char*)p;
+        for (int i = 0; i < rows; i++)
+            for (int l = 0; l < lines; l++) __builtin_prefetch(q + i * stride_bytes + l * 64, 1, 3);
+    }
     MOCRO_THIN_ENTRIES(f64, double)
     """
     enum:
@@ -239,6 +245,7 @@ cdef extern from *:
         HALF_NR_F32 "MOCRO_HALF_NR_F32"
     bint DOT8 "MOCRO_DOT8"
     Py_ssize_t DOT_ROWS "MOCRO_DOT_ROWS"(Py_ssize_t J) noexcept nogil
+    void mocro_prefetch_rows(const void* p, Py_ssize_t stride_bytes, int rows, int lines) noexcept nogil
     void mocro_wide_tile_f32(Py_ssize_t kc, const float* a, Py_ssize_t sai, Py_ssize_t sap,
                              const float* bp, float* out) noexcept nogil
     void mocro_wide_tile_f64(Py_ssize_t kc, const double* a, Py_ssize_t sai, Py_ssize_t sap,
@@ -411,6 +418,9 @@ cdef inline void _block(bint narrow, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t s0
             panel, panel_i, panel_p = a + i0 * sai, sai, sap
         for s in range(s0, s1):
             j0 = s * NR
+            if s + 1 < s1 and mr == MR:   # the next strip's C tile, while this one computes
+                mocro_prefetch_rows(c + i0 * n + j0 + NR, n * sizeof(floating), <int>MR,
+                                    <int>(NR * sizeof(floating) // 64))
             if narrow:
                 _micro_tile_narrow(kc, panel, panel_i, panel_p, bp + s * kc * NR, c + i0 * n + j0, n,
                                    mr, min(NR, n - j0), alpha, beta)
