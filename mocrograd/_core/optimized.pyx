@@ -109,10 +109,11 @@ cdef extern from *:
 
     /* The thin kernels, for products at most 4 columns wide (one example, a batch
        of 2: matrix-vector work; up to 8 with AVX-512, a batch of 8), and W^T G
-       products up to 16, or 32 when deep (whose register tile reads W down its columns). A register
-       tile would leave most of its lanes idle there; these run along the contiguous side of A instead, for J output
-       columns at once (bt and b zero-padded to J), so each element of A is loaded
-       once, and memory is the only limit.
+       products up to 16, or 32 when deep (whose register tile reads W down its
+       columns). A register tile would leave most of its lanes idle there; these run
+       along the contiguous side of A instead, for J output columns at once (bt and b
+       zero-padded to J), so each element of A is loaded once, and memory is the only
+       limit.
 
        thin_dot: sums[r * J + j] = a[r * lda : r * lda + k] . bt[j * k : j * k + k]
        for R rows r of A (op(A) = A, rows contiguous) and J columns j: W lanes of
@@ -210,7 +211,8 @@ cdef extern from *:
     MOCRO_THIN_AXPY(mocro_thin_axpy16_f64, double, MOCRO_HALF_NR_F64, 16, 16)
     MOCRO_THIN_AXPY(mocro_thin_axpy32_f32, float, MOCRO_HALF_NR_F32, 32, 16)
     MOCRO_THIN_AXPY(mocro_thin_axpy32_f64, double, MOCRO_HALF_NR_F64, 32, 16)
-    /* One entry point per kernel and type: J = 1, 4 (4 or 8 rows) or 8 columns (dot), 1, 4, 8, 16 or 32 (axpy). */
+    /* One entry point per kernel and type: J = 1, 4 (4 or 8 rows) or 8 columns (dot),
+       1, 4, 8, 16 or 32 (axpy). */
     #define MOCRO_THIN_ENTRIES(SUF, T)                                                 \
     static void mocro_thin_dot_##SUF(Py_ssize_t J, Py_ssize_t k, const T* a,           \
                                      Py_ssize_t lda, const T* bt, T* sums) {           \
@@ -229,13 +231,13 @@ cdef extern from *:
         else mocro_thin_axpy32_##SUF(w, ldt, rows, a, lda, b, t);                      \
     }
     MOCRO_THIN_ENTRIES(f32, float)
+    MOCRO_THIN_ENTRIES(f64, double)
     /* Ask for `lines` cache lines from each of `rows` rows `stride_bytes` apart, for writing. */
     static inline void mocro_prefetch_rows(const void* p, Py_ssize_t stride_bytes, int rows, int lines) {
         const char* q = (const char*)p;
         for (int i = 0; i < rows; i++)
             for (int l = 0; l < lines; l++) __builtin_prefetch(q + i * stride_bytes + l * 64, 1, 3);
     }
-    MOCRO_THIN_ENTRIES(f64, double)
     """
     enum:
         VEC_BYTES "MOCRO_VEC_BYTES"
@@ -420,7 +422,7 @@ cdef inline void _block(bint narrow, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t s0
             j0 = s * NR
             if s + 1 < s1 and mr == MR:   # the next strip's C tile, while this one computes
                 mocro_prefetch_rows(c + i0 * n + j0 + NR, n * sizeof(floating), <int>MR,
-                                    <int>(NR * sizeof(floating) // 64))
+                                    <int>((NR * sizeof(floating) + 63) // 64))
             if narrow:
                 _micro_tile_narrow(kc, panel, panel_i, panel_p, bp + s * kc * NR, c + i0 * n + j0, n,
                                    mr, min(NR, n - j0), alpha, beta)
@@ -494,11 +496,13 @@ cdef int _matmul_thin(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* 
                       floating beta, int workers) noexcept nogil:
     """matmul for n <= THIN columns (matrix-vector work; n <= 8 with DOT8), or
     n <= THIN_T (THIN_T_DEEP if deep and tall) when op(A) = A^T, rows of the output
-    cut into ``workers`` chunks or more (pieces_for), fewer for small outputs (see below). op(B) is copied into a zero-padded buffer of J
-    columns (1 for a vector, else 4, 8, 16 or 32; k x J, or transposed to J x k for the dot
-    products); each output element is one sum in an order fixed by the shape. Returns
-    -1 (out untouched) when the buffers cannot be allocated."""
-    cdef Py_ssize_t J = 1 if n == 1 else 4 if n <= 4 else 8 if n <= 8 else 16 if n <= 16 else 32, R = DOT_ROWS(J)
+    cut into ``workers`` chunks or more (pieces_for), fewer for small outputs (see
+    below). op(B) is copied into a zero-padded buffer of J columns (1 for a vector,
+    else 4, 8, 16 or 32; k x J, or transposed to J x k for the dot products); each
+    output element is one sum in an order fixed by the shape. Returns -1 (out
+    untouched) when the buffers cannot be allocated."""
+    cdef Py_ssize_t J = 1 if n == 1 else 4 if n <= 4 else 8 if n <= 8 else 16 if n <= 16 else 32
+    cdef Py_ssize_t R = DOT_ROWS(J)
     # A chunk gets at least a row group (dot products) or THIN_RUN rows (transposed:
     # fewer would read A in short, scattered runs), so 256 workers on a small output
     # make fewer, longer chunks. Transposed, chunks beyond one per thread are cut only
