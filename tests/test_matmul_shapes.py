@@ -15,7 +15,8 @@ WORKERS = (1, 2, 3, 7, 64)
 # or 16/8), deeper than one k-block (256 floats / 128 doubles, 1024 when n <= NR),
 # small versions of the network's shapes (n = 32 batch columns), the thin
 # kernels' cases (n <= 4, and n <= 16 for op(A) = A^T, n <= 32 if deep and tall) and batch-wide products
-# deeper than a k-block (B in one strip, packed whole).
+# deeper than a k-block (B in one strip, packed whole), and shallow products into long
+# rows (the rank-k update).
 SHAPES = [
     (1, 1, 1), (1, 7, 1), (1, 1, 9), (9, 1, 1), (1, 300, 1),
     (5, 3, 2), (13, 17, 31), (31, 37, 41), (12, 256, 32), (11, 255, 33),
@@ -26,6 +27,8 @@ SHAPES = [
     (2100, 7, 3), (4500, 20, 10), (2050, 1030, 29),
     # one strip of B packed whole, several k-blocks per row tile: narrow and wide tiles, an edge tile
     (301, 2100, 9), (25, 1500, 20), (130, 1300, 32),
+    # the rank-k update (depth 2-8, rows of 256 or more): padded depths, leftover rows, a vector tail
+    (37, 5, 300), (6, 8, 1001), (3, 2, 257),
     # more strips than row tiles but several row tiles per thread: the rows are cut
     (100, 40, 600),
 ]
@@ -76,9 +79,10 @@ def test_matches_numpy_and_is_bit_identical(m, k, n, ta, tb, dtype):
 
 
 # Every path of the kernel adds into out its own way: the general loop, split-k
-# (64 x 1100 x 32 on 2+ workers), one strip packed whole, the thin kernels, rows cut.
+# (64 x 1100 x 32 on 2+ workers), one strip packed whole, the thin kernels, rows cut,
+# the rank-k update (37 x 5 x 300).
 ACCUMULATE_SHAPES = [(1, 1, 1), (13, 300, 45), (40, 1030, 32), (64, 1100, 32), (301, 2100, 9),
-                     (600, 50, 13), (37, 9, 4), (4500, 20, 1), (100, 40, 600)]
+                     (600, 50, 13), (37, 9, 4), (4500, 20, 1), (100, 40, 600), (37, 5, 300)]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
