@@ -67,6 +67,10 @@ cdef extern from *:
        where GCC contracts a * b + c only when asked: MOCRO_CONTRACT), a multiply
        and an add where it has not. */
     #include <string.h>
+    /* Each kernel is made twice from one macro: NAME_f32 on floats, NAME_f64 on doubles. */
+    #define MOCRO_BOTH_TYPES(KERNEL, NAME, ...)                                        \
+        KERNEL(NAME##_f32, float, MOCRO_HALF_NR_F32, __VA_ARGS__)                      \
+        KERNEL(NAME##_f64, double, MOCRO_HALF_NR_F64, __VA_ARGS__)
     #define MOCRO_HALF_NR_F32 (MOCRO_VEC_BYTES / 4)
     #define MOCRO_HALF_NR_F64 (MOCRO_VEC_BYTES / 8)
     /* Step P of a tile's k loop: the sums take (OP "=", step 0) or add (OP "+=")
@@ -102,10 +106,8 @@ cdef extern from *:
     #else
     #define MOCRO_CONTRACT
     #endif
-    MOCRO_TILE(mocro_wide_tile_f32, float, MOCRO_HALF_NR_F32, 2)
-    MOCRO_TILE(mocro_wide_tile_f64, double, MOCRO_HALF_NR_F64, 2)
-    MOCRO_TILE(mocro_narrow_tile_f32, float, MOCRO_HALF_NR_F32, 1)
-    MOCRO_TILE(mocro_narrow_tile_f64, double, MOCRO_HALF_NR_F64, 1)
+    MOCRO_BOTH_TYPES(MOCRO_TILE, mocro_wide_tile, 2)
+    MOCRO_BOTH_TYPES(MOCRO_TILE, mocro_narrow_tile, 1)
 
     /* The thin kernels, for products at most 4 columns wide (one example, a batch
        of 2: matrix-vector work; up to 8 with AVX-512, a batch of 8), and W^T G
@@ -186,14 +188,10 @@ cdef extern from *:
     #define MOCRO_DOT4_ROWS 8
     #endif
     #define MOCRO_DOT_ROWS(J) ((J) == 8 ? 5 : (J) == 4 ? MOCRO_DOT4_ROWS : 8)
-    MOCRO_THIN_DOT(mocro_thin_dot1_f32, float, MOCRO_HALF_NR_F32, 8, 1)
-    MOCRO_THIN_DOT(mocro_thin_dot1_f64, double, MOCRO_HALF_NR_F64, 8, 1)
-    MOCRO_THIN_DOT(mocro_thin_dot4r4_f32, float, MOCRO_HALF_NR_F32, 4, 4)
-    MOCRO_THIN_DOT(mocro_thin_dot4r4_f64, double, MOCRO_HALF_NR_F64, 4, 4)
-    MOCRO_THIN_DOT(mocro_thin_dot4r8_f32, float, MOCRO_HALF_NR_F32, 8, 4)
-    MOCRO_THIN_DOT(mocro_thin_dot4r8_f64, double, MOCRO_HALF_NR_F64, 8, 4)
-    MOCRO_THIN_DOT(mocro_thin_dot8_f32, float, MOCRO_HALF_NR_F32, 5, 8)
-    MOCRO_THIN_DOT(mocro_thin_dot8_f64, double, MOCRO_HALF_NR_F64, 5, 8)
+    MOCRO_BOTH_TYPES(MOCRO_THIN_DOT, mocro_thin_dot1, 8, 1)
+    MOCRO_BOTH_TYPES(MOCRO_THIN_DOT, mocro_thin_dot4r4, 4, 4)
+    MOCRO_BOTH_TYPES(MOCRO_THIN_DOT, mocro_thin_dot4r8, 8, 4)
+    MOCRO_BOTH_TYPES(MOCRO_THIN_DOT, mocro_thin_dot8, 5, 8)
     /* 5-8 columns take thin_dot only with AVX-512: with AVX2 the narrow register tile
        (6 rows x 8 lanes, all of them used) ran 3x faster than it. */
     #if defined(__AVX512F__)
@@ -201,16 +199,11 @@ cdef extern from *:
     #else
     #define MOCRO_DOT8 0
     #endif
-    MOCRO_THIN_AXPY(mocro_thin_axpy4_f32, float, MOCRO_HALF_NR_F32, 4, 4)
-    MOCRO_THIN_AXPY(mocro_thin_axpy4_f64, double, MOCRO_HALF_NR_F64, 4, 4)
-    MOCRO_THIN_AXPY(mocro_thin_axpy1_f32, float, MOCRO_HALF_NR_F32, 1, 1)
-    MOCRO_THIN_AXPY(mocro_thin_axpy1_f64, double, MOCRO_HALF_NR_F64, 1, 1)
-    MOCRO_THIN_AXPY(mocro_thin_axpy8_f32, float, MOCRO_HALF_NR_F32, 8, 8)
-    MOCRO_THIN_AXPY(mocro_thin_axpy8_f64, double, MOCRO_HALF_NR_F64, 8, 8)
-    MOCRO_THIN_AXPY(mocro_thin_axpy16_f32, float, MOCRO_HALF_NR_F32, 16, 16)
-    MOCRO_THIN_AXPY(mocro_thin_axpy16_f64, double, MOCRO_HALF_NR_F64, 16, 16)
-    MOCRO_THIN_AXPY(mocro_thin_axpy32_f32, float, MOCRO_HALF_NR_F32, 32, 16)
-    MOCRO_THIN_AXPY(mocro_thin_axpy32_f64, double, MOCRO_HALF_NR_F64, 32, 16)
+    MOCRO_BOTH_TYPES(MOCRO_THIN_AXPY, mocro_thin_axpy4, 4, 4)
+    MOCRO_BOTH_TYPES(MOCRO_THIN_AXPY, mocro_thin_axpy1, 1, 1)
+    MOCRO_BOTH_TYPES(MOCRO_THIN_AXPY, mocro_thin_axpy8, 8, 8)
+    MOCRO_BOTH_TYPES(MOCRO_THIN_AXPY, mocro_thin_axpy16, 16, 16)
+    MOCRO_BOTH_TYPES(MOCRO_THIN_AXPY, mocro_thin_axpy32, 32, 16)
     /* One entry point per kernel and type: J = 1, 4 (4 or 8 rows) or 8 columns (dot),
        1, 4, 8, 16 or 32 (axpy). */
     #define MOCRO_THIN_ENTRIES(SUF, T)                                                 \
@@ -270,10 +263,8 @@ cdef extern from *:
                 c[r * ldc + j] = beta != 0 ? s * alpha + c[r * ldc + j] * beta : s * alpha; \
             }                                                                          \
     }
-    MOCRO_RANK(mocro_rank4_f32, float, MOCRO_HALF_NR_F32, 4)
-    MOCRO_RANK(mocro_rank4_f64, double, MOCRO_HALF_NR_F64, 4)
-    MOCRO_RANK(mocro_rank1_f32, float, MOCRO_HALF_NR_F32, 1)
-    MOCRO_RANK(mocro_rank1_f64, double, MOCRO_HALF_NR_F64, 1)
+    MOCRO_BOTH_TYPES(MOCRO_RANK, mocro_rank4, 4)
+    MOCRO_BOTH_TYPES(MOCRO_RANK, mocro_rank1, 1)
     /* Ask for `lines` cache lines from each of `rows` rows `stride_bytes` apart, for writing. */
     static inline void mocro_prefetch_rows(const void* p, Py_ssize_t stride_bytes, int rows, int lines) {
         const char* q = (const char*)p;
