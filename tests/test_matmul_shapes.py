@@ -14,9 +14,9 @@ WORKERS = (1, 2, 3, 7, 64)
 # (m, k, n): tiny, vectors, primes, one off the tile sizes (MR is 12 or 6, NR 32/16
 # or 16/8), deeper than one k-block (256 floats / 128 doubles, 1024 when n <= NR),
 # small versions of the network's shapes (n = 32 batch columns), the thin
-# kernels' cases (n <= 4, and n <= 16 for op(A) = A^T, n <= 32 if deep and tall) and batch-wide products
-# deeper than a k-block (B in one strip, packed whole), and shallow products into long
-# rows (the rank-k update).
+# kernels' cases (n <= 4, and n <= 16 for op(A) = A^T, n <= 32 if deep and tall),
+# batch-wide products deeper than a k-block (B in one strip, packed whole), and
+# shallow products into long rows (the rank-k update).
 SHAPES = [
     (1, 1, 1), (1, 7, 1), (1, 1, 9), (9, 1, 1), (1, 300, 1),
     (5, 3, 2), (13, 17, 31), (31, 37, 41), (12, 256, 32), (11, 255, 33),

@@ -333,13 +333,13 @@ cdef enum:
     SUM_PAD = 64         # bytes from the sums' row stride to a multiple of 4 KB (see _matmul_thin)
     THIN_ROWS = 8        # rows of A per transposed thin call (running sums loaded and stored once per call;
                          # 32 rows at once read 32 short runs side by side and ran 2x slower)
+    THIN_ROWS_WIDE = 32  # ... for 16 or more columns, whose sums cost more to load and store: at 32
+                         # columns 8 rows ran 1.3x slower than 32 (24 and 40 no faster), at 16
+                         # columns 1.0-1.1x
     RANK_N = 256         # products of depth 2..RANK_K this wide or wider take the rank-k update: the SGD
                          # step's G X^T into the 4096 x 8192 and 2048 x 4096 layers ran 1.32-1.38x faster
                          # at a batch of 8 (1-2 workers), 1.09-1.24x at 4, 1.06-1.14x at 2, and
                          # 0.95-1.07x at 1 (which keeps the register tile)
-    THIN_ROWS_WIDE = 32  # ... for 16 or more columns, whose sums cost more to load and store: at 32
-                         # columns 8 rows ran 1.3x slower than 32 (24 and 40 no faster), at 16
-                         # columns 1.0-1.1x
 
 
 def register_tile():
@@ -563,6 +563,7 @@ cdef int _matmul_thin(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* 
     cdef int chunks = pieces_for(workers, most, <double>m * n * k)
     # per chunk: R x J dot products, or J running sums for each of up to `run` rows
     cdef Py_ssize_t rows = min(run, (m + chunks - 1) // chunks) if trans_a else R
+    cdef Py_ssize_t per_call = THIN_ROWS if J < 16 else THIN_ROWS_WIDE   # rows of A per transposed call
     # The J rows of running sums lie ldt apart, a cache line past their length: at a
     # stride of a multiple of 4 KB (as rows usually is) every row of sums would fall in
     # the same L1 set as every row of A being read, more lines than the set holds.
@@ -605,7 +606,7 @@ cdef int _matmul_thin(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* 
                     t[i] = 0
                 p = 0
                 while p < k:
-                    r = min(THIN_ROWS if J < 16 else THIN_ROWS_WIDE, k - p)
+                    r = min(per_call, k - p)
                     _thin_axpy(J, w, ldt, r, a + p * m + i0, m, bt + p * J, t)
                     p = p + r
                 for i in range(w):
