@@ -101,10 +101,19 @@ cdef extern from *:
             if (V == 2) memcpy(out + i * V * W + W, &acc1[i], sizeof b1);              \
         }                                                                              \
     }
+    /* MOCRO_UNROLL: unroll a loop of a fixed, small count completely. GCC keeps a
+       kernel's array of vector sums in registers only when every loop over it is
+       unrolled; left to itself it stopped unrolling the thin kernels' loops past a
+       size, and kept their sums (a 5 x 8 block of them, or a 16-lane row loaded
+       as two halves) in memory, each add a store and a load: the thin kernels
+       ran at half the memory's pace (a batch of 8: 5 GB/s where a plain read of
+       one core streams 10). */
     #if defined(__GNUC__) && !defined(__clang__)
     #define MOCRO_CONTRACT __attribute__((optimize("fp-contract=fast")))
+    #define MOCRO_UNROLL _Pragma("GCC unroll 16")
     #else
     #define MOCRO_CONTRACT
+    #define MOCRO_UNROLL
     #endif
     MOCRO_BOTH_TYPES(MOCRO_TILE, mocro_wide_tile, 2)
     MOCRO_BOTH_TYPES(MOCRO_TILE, mocro_narrow_tile, 1)
@@ -119,7 +128,13 @@ cdef extern from *:
 
        thin_dot: sums[r * J + j] = a[r * lda : r * lda + k] . bt[j * k : j * k + k]
        for R rows r of A (op(A) = A, rows contiguous) and J columns j: W lanes of
-       partial sums each, added lane by lane, then the k % W tail. */
+       partial sums each, added lane by lane, then the k % W tail. For 2 or more
+       columns each row's next lines are asked for MOCRO_DOT_AHEAD bytes ahead: the
+       hardware's prefetcher, following R rows 32 KB apart, fell behind (forward
+       through Bigger's two large layers at a batch of 2 and 8: 1.05-1.12x faster
+       on the Intel Xeon, 1-2 workers; a vector, one stream per row at 12 GB/s,
+       gains nothing). */
+    #define MOCRO_DOT_AHEAD 512
     #define MOCRO_THIN_DOT(NAME, T, W, R, J)                                           \
     typedef T NAME##_vec __attribute__((vector_size(MOCRO_VEC_BYTES)));                \
     MOCRO_CONTRACT static void NAME(Py_ssize_t k, const T* a, Py_ssize_t lda,          \
@@ -127,12 +142,15 @@ cdef extern from *:
         NAME##_vec acc[R][J], x[R], y;                                                 \
         Py_ssize_t p = 0, q;                                                           \
         int r, j, l;                                                                   \
-        for (r = 0; r < R; r++) for (j = 0; j < J; j++) acc[r][j] = (NAME##_vec){0};   \
+        MOCRO_UNROLL for (r = 0; r < R; r++)                                            \
+            MOCRO_UNROLL for (j = 0; j < J; j++) acc[r][j] = (NAME##_vec){0};           \
         for (; p + W <= k; p += W) {                                                   \
-            for (r = 0; r < R; r++) memcpy(&x[r], a + r * lda + p, sizeof y);          \
-            for (j = 0; j < J; j++) {                                                  \
+            if (J > 1) MOCRO_UNROLL for (r = 0; r < R; r++)                            \
+                __builtin_prefetch((const char*)(a + r * lda + p) + MOCRO_DOT_AHEAD, 0, 3); \
+            MOCRO_UNROLL for (r = 0; r < R; r++) memcpy(&x[r], a + r * lda + p, sizeof y); \
+            MOCRO_UNROLL for (j = 0; j < J; j++) {                                     \
                 memcpy(&y, bt + j * k + p, sizeof y);                                  \
-                for (r = 0; r < R; r++) acc[r][j] += x[r] * y;                         \
+                MOCRO_UNROLL for (r = 0; r < R; r++) acc[r][j] += x[r] * y;            \
             }                                                                          \
         }                                                                              \
         for (r = 0; r < R; r++) for (j = 0; j < J; j++) {                              \
@@ -149,7 +167,12 @@ cdef extern from *:
        per call, so the running sums t are loaded and stored once per call. The sums
        of S columns at a time live in registers: 32 columns (a batch of 32) run as two
        passes of 16 over each vector of A's rows, which the first pass left in L1
-       (32 sums and the vector of A would take 33 of the 32 registers). */
+       (32 sums and the vector of A would take 33 of the 32 registers). From 8
+       columns on, each row's line MOCRO_AXPY_AHEAD bytes ahead is asked for as
+       the first pass reads a vector of it: dX of Bigger's two large layers ran
+       1.1-1.6x faster at a batch of 16 and 32 on the Intel Xeon (1-2 workers),
+       1.0-1.1x at 8; at 4 columns it made no difference. */
+    #define MOCRO_AXPY_AHEAD 128
     #define MOCRO_THIN_AXPY(NAME, T, W, J, S)                                          \
     typedef T NAME##_vec __attribute__((vector_size(MOCRO_VEC_BYTES)));                \
     MOCRO_CONTRACT static void NAME(Py_ssize_t w, Py_ssize_t ldt, Py_ssize_t rows,     \
@@ -159,12 +182,16 @@ cdef extern from *:
         int j, h;                                                                      \
         for (; i + W <= w; i += W) {                                                   \
             for (h = 0; h < J; h += S) {                                               \
-                for (j = 0; j < S; j++) memcpy(&acc[j], t + (h + j) * ldt + i, sizeof x); \
+                MOCRO_UNROLL for (j = 0; j < S; j++)                                   \
+                    memcpy(&acc[j], t + (h + j) * ldt + i, sizeof x);                  \
                 for (p = 0; p < rows; p++) {                                           \
+                    if (J >= 8 && h == 0)                                              \
+                        __builtin_prefetch((const char*)(a + p * lda + i) + MOCRO_AXPY_AHEAD, 0, 3); \
                     memcpy(&x, a + p * lda + i, sizeof x);                             \
-                    for (j = 0; j < S; j++) acc[j] += x * b[p * J + h + j];            \
+                    MOCRO_UNROLL for (j = 0; j < S; j++) acc[j] += x * b[p * J + h + j]; \
                 }                                                                      \
-                for (j = 0; j < S; j++) memcpy(t + (h + j) * ldt + i, &acc[j], sizeof x); \
+                MOCRO_UNROLL for (j = 0; j < S; j++)                                   \
+                    memcpy(t + (h + j) * ldt + i, &acc[j], sizeof x);                  \
             }                                                                          \
         }                                                                              \
         for (; i < w; i++)                                                             \
@@ -242,12 +269,12 @@ cdef extern from *:
         int r, p;                                                                      \
         for (; j + W <= n; j += W) {                                                   \
             memcpy(&y, bt + j, sizeof y);                                              \
-            for (r = 0; r < R; r++) acc[r] = a[r * MOCRO_RANK_K] * y;                  \
-            for (p = 1; p < MOCRO_RANK_K; p++) {                                       \
+            MOCRO_UNROLL for (r = 0; r < R; r++) acc[r] = a[r * MOCRO_RANK_K] * y;     \
+            MOCRO_UNROLL for (p = 1; p < MOCRO_RANK_K; p++) {                          \
                 memcpy(&y, bt + p * n + j, sizeof y);                                  \
-                for (r = 0; r < R; r++) acc[r] += a[r * MOCRO_RANK_K + p] * y;         \
+                MOCRO_UNROLL for (r = 0; r < R; r++) acc[r] += a[r * MOCRO_RANK_K + p] * y; \
             }                                                                          \
-            for (r = 0; r < R; r++) {                                                  \
+            MOCRO_UNROLL for (r = 0; r < R; r++) {                                     \
                 y = acc[r] * alpha;                                                    \
                 if (beta != 0) {                                                       \
                     memcpy(&z, c + r * ldc + j, sizeof z);                             \
