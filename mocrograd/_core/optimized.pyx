@@ -258,8 +258,11 @@ cdef extern from *:
        at a time, each swept start to end once, c[r * ldc + j] = beta * c + alpha *
        sum over p < K of a[r * K + p] * bt[p * n + j] (a and bt zero-padded to K;
        c is not read when beta is 0). The register tile would read and write each
-       12 x 32 tile of C after only k steps, 12 rows 32 KB apart. */
+       12 x 32 tile of C after only k steps, 12 rows 32 KB apart. Each row's line
+       MOCRO_RANK_AHEAD bytes ahead is asked for, for writing: the SGD step into
+       Bigger's two large layers ran 1.03-1.08x faster (batch 2 and 8, 1-2 workers). */
     #define MOCRO_RANK_K 8
+    #define MOCRO_RANK_AHEAD 256
     #define MOCRO_RANK(NAME, T, W, R)                                                  \
     typedef T NAME##_vec __attribute__((vector_size(MOCRO_VEC_BYTES)));                \
     MOCRO_CONTRACT static void NAME(Py_ssize_t n, const T* a, const T* bt, T* c,       \
@@ -274,6 +277,8 @@ cdef extern from *:
                 memcpy(&y, bt + p * n + j, sizeof y);                                  \
                 MOCRO_UNROLL for (r = 0; r < R; r++) acc[r] += a[r * MOCRO_RANK_K + p] * y; \
             }                                                                          \
+            MOCRO_UNROLL for (r = 0; r < R; r++)                                       \
+                __builtin_prefetch((const char*)(c + r * ldc + j) + MOCRO_RANK_AHEAD, 1, 3); \
             MOCRO_UNROLL for (r = 0; r < R; r++) {                                     \
                 y = acc[r] * alpha;                                                    \
                 if (beta != 0) {                                                       \
