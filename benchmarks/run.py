@@ -15,6 +15,10 @@ configuration runs once per repeat, so slow drift of the shared machine's load h
 all contenders alike; /proc/loadavg is recorded before and after every run. Only the
 ``fit`` call is timed.
 
+Then the worker settings run once more, alternated fit by fit inside one process per
+network (``alternate.py``, ALTERNATE_ROUNDS rounds): ratios that a shared machine's
+drift disturbs less than those of fresh processes minutes apart.
+
 Then the kernel micro-benchmarks (``kernels.py``) run in one more fresh process.
 Results: a Markdown table on stdout and in OUT/latest.md, raw numbers in
 OUT/latest.json, a chart in OUT/latest.png (OUT defaults to benchmarks/results).
@@ -81,7 +85,8 @@ def build_parser():
         prog="benchmarks/run.py", description="mocrograd's benchmark suite: training time, memory and "
         "accuracy of every kernel configuration beside NumPy and PyTorch, plus kernel micro-benchmarks.",
         epilog="Environment variables give defaults that flags override: BENCH_EPOCHS, BENCH_LENGTH, "
-               "BENCH_REPEATS, BENCH_BIGGER_LENGTH, BENCH_BUDGET, BENCH_OUT, BENCH_QUICK=1.")
+               "BENCH_REPEATS, BENCH_BIGGER_LENGTH, BENCH_ALTERNATE_ROUNDS, BENCH_BUDGET, BENCH_OUT, "
+               "BENCH_QUICK=1.")
     parser.add_argument("--epochs", type=positive_int, help="epochs per training run (default 10; quick 1)")
     parser.add_argument("--length", type=positive_int,
                         help="examples for Normal; Longer gets LENGTH/10 (default 1000; quick 200)")
@@ -96,6 +101,9 @@ def build_parser():
     parser.add_argument("--quick", action="store_true",
                         help="smoke run (under a minute): 1 epoch, length 200, Bigger on 3 examples, 1 repeat, "
                              "scaled-down kernel shapes; every configuration still runs")
+    parser.add_argument("--alternate-rounds", type=int, metavar="N",
+                        help="rounds of the worker settings alternated in one process per network, after the "
+                             "fresh-process runs (default 6; quick 2; 0: none)")
     parser.add_argument("--budget", type=float,
                         help="seconds of fit time one configuration may take over all its repeats: a slower one "
                              "(naive on Bigger) runs fewer repeats, at least one, noted in the table (default 300)")
@@ -120,6 +128,10 @@ def parse_args(argv=None):
     args.repeats = args.repeats or _env("BENCH_REPEATS", 1 if q else 3)
     args.bigger_length = args.bigger_length or _env("BENCH_BIGGER_LENGTH", 3 if q else None)
     args.budget = args.budget if args.budget is not None else _env("BENCH_BUDGET", 300.0, float)
+    if args.alternate_rounds is None:
+        args.alternate_rounds = _env("BENCH_ALTERNATE_ROUNDS", 2 if q else 6)
+    if args.alternate_rounds < 0:
+        parser.error(f"--alternate-rounds must be >= 0, got {args.alternate_rounds}")
     args.out = args.out or os.environ.get("BENCH_OUT") or os.path.join(HERE, "results")
     for name in ("epochs", "length", "repeats"):
         if getattr(args, name) < 1:
@@ -342,7 +354,7 @@ def train_all(args, cores, torch_skip, workdir, log=sys.stderr):
     results, data_files = {}, {}
     for key, model, length in args.plan:
         train, val = load_digits(length)
-        path = os.path.join(workdir, f"data-{key.replace('@', '_')}.npz")
+        path = _data_path(workdir, key)
         np.savez(path, train_x=train.x, train_y=train.y, val_x=val.x, val_y=val.y)
         data_files[key] = path
         results[key] = {"model": model, "examples": length, "train_examples": len(train), "val_examples": len(val),
@@ -387,6 +399,38 @@ def train_all(args, cores, torch_skip, workdir, log=sys.stderr):
         for entry in results[key]["configs"].values():
             summarize(entry)
     return results
+
+
+def _data_path(workdir, key):
+    """The .npz a network's runs read their examples from (train_all writes it)."""
+    return os.path.join(workdir, f"data-{key.replace('@', '_')}.npz")
+
+
+def alternate_all(args, cores, workdir, results, log=sys.stderr):
+    """alternate.py once per network: the worker settings alternated fit by fit in one
+    process, args.alternate_rounds timed rounds; network["alternated"] in place."""
+    settings = [[name, fields["backend"], fields["workers"]]
+                for name, fields in configurations(cores) if name in SETTINGS]
+    for key, model, _ in args.plan:
+        tag = f"{key.replace('@', '_')}-alternated"
+        spec_path, result_path = os.path.join(workdir, f"{tag}.spec.json"), os.path.join(workdir, f"{tag}.result.json")
+        with open(spec_path, "w") as f:
+            json.dump({"network": model, "data": _data_path(workdir, key), "epochs": args.epochs,
+                       "batch_size": BATCH_SIZE, "lr": LR, "l2": L2, "seed": args.seed,
+                       "rounds": args.alternate_rounds, "settings": settings}, f)
+        load_before, others = loadavg(), OtherLoad()
+        done = subprocess.run([sys.executable, os.path.join(HERE, "alternate.py"), spec_path, result_path],
+                              capture_output=True, text=True, cwd=workdir, env=child_env())
+        record = {"load_before": load_before, "load_after": loadavg(), "other_busy_cores": others.stop()}
+        if done.returncode == 0 and os.path.exists(result_path):
+            with open(result_path) as f:
+                record.update(json.load(f), status="ok")
+            shown = ", ".join(f"{name} {statistics.median(t):.3f} s" for name, t in record["times"].items())
+        else:
+            record.update(status="error", log_tail=(done.stdout + done.stderr)[-3000:])
+            shown = "FAILED:\n" + record["log_tail"][-1500:]
+        results[key]["alternated"] = record
+        print(f"[alternated x{args.alternate_rounds}] {key:>10} {shown}", file=log, flush=True)
 
 
 def summarize(entry):
@@ -447,20 +491,34 @@ def compare(results):
 
 
 def paired(network):
-    """The worker settings' ratios, paired by repeat, in place (network["paired"]).
+    """The worker settings' ratios, paired by repeat, in place (network["paired"]), and
+    those of the alternated rounds, paired by round (network["alternated"]["ratios"]).
 
     Each repeat runs every configuration of a network back to back, so the ratio of
     two of them within one repeat cancels the slow drift of a shared machine's speed,
     which the medians of each configuration over the repeats do not (one slow stretch
-    can land in one row's runs and not another's). Each entry: the median, min and max
-    over the repeats both ran. The best setting (fixed worker counts and dynamic) and
-    the best fixed worker count are those with the lowest median fit time."""
+    can land in one row's runs and not another's); a round of alternate.py does the
+    same, its fits seconds apart instead of process starts."""
     configs = network["configs"]
     times = {name: {r["repeat"]: r["seconds"] for r in configs[name]["runs"] if r["status"] == "ok"}
              for name in SETTINGS if configs.get(name, {}).get("status") == "ok"}
-    fixed = [name for name in SETTINGS if name in times and name != "dynamic"]
+    ratios = worker_ratios(times)
+    if ratios:
+        network["paired"] = ratios
+    alternated = network.get("alternated")
+    if alternated and alternated.get("status") == "ok":
+        alternated["ratios"] = worker_ratios({name: dict(enumerate(t, 1)) for name, t in alternated["times"].items()})
+
+
+def worker_ratios(times):
+    """Ratios of worker settings from {setting: {repeat or round: seconds}}, each taken
+    within a repeat and then summarized over the repeats both ran: median, min, max, n.
+    The best setting (fixed worker counts and dynamic) and the best fixed worker count
+    are those with the lowest median time. None when no fixed worker count ran."""
+    medians = {name: statistics.median(t.values()) for name, t in times.items() if t}
+    fixed = [name for name in SETTINGS if name in medians and name != "dynamic"]
     if not fixed:
-        return
+        return None
 
     def ratio(a, b):
         shared = sorted(set(times.get(a, ())) & set(times.get(b, ())))
@@ -468,13 +526,13 @@ def paired(network):
         return {"of": [a, b], "median": statistics.median(values), "min": min(values), "max": max(values),
                 "n": len(values)} if values else None
 
-    best = min(times, key=lambda name: configs[name]["median"])
-    best_fixed = min(fixed, key=lambda name: configs[name]["median"])
-    network["paired"] = {"best": best, "best_fixed": best_fixed,
-                         "speedup_cores_over_1": ratio("optimized-1", "optimized-cores"),
-                         "vs_best": {name: ratio(name, best) for name in times if name != best},
-                         "dynamic_vs_best_fixed": ratio("dynamic", best_fixed),
-                         "dynamic_vs_1": ratio("dynamic", "optimized-1")}
+    best = min(medians, key=medians.get)
+    best_fixed = min(fixed, key=medians.get)
+    return {"best": best, "best_fixed": best_fixed,
+            "speedup_cores_over_1": ratio("optimized-1", "optimized-cores"),
+            "vs_best": {name: ratio(name, best) for name in medians if name != best},
+            "dynamic_vs_best_fixed": ratio("dynamic", best_fixed),
+            "dynamic_vs_1": ratio("dynamic", "optimized-1")}
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -607,7 +665,21 @@ def markdown(report):
                       "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
             for name, e in network["configs"].items():
                 lines.append(_training_row(name, e, network.get("torch_best")))
-            lines += _paired_lines(network)
+            cores = network["configs"]["optimized-cores"]["spec"]["workers"]
+            lines += _ratio_lines(network.get("paired"), cores,
+                                  "Worker settings, paired by repeat: each ratio is taken within a repeat (its "
+                                  "runs ran back to back), then the median (min-max) over the repeats.")
+            alternated = network.get("alternated")
+            if alternated and alternated.get("status") == "ok":
+                lines += _ratio_lines(alternated.get("ratios"), cores,
+                                      f"The same settings alternated fit by fit in one process "
+                                      f"(`alternate.py`, {alternated['rounds']} rounds after an untimed one; "
+                                      "each ratio taken within a round, then the median (min-max) over the "
+                                      "rounds). Medians, s: " + ", ".join(
+                                          f"{name} {statistics.median(t):.3f}"
+                                          for name, t in alternated["times"].items()) + ".")
+            elif alternated:
+                lines += ["", "Alternated in one process: FAILED.", "", "```", alternated.get("log_tail", ""), "```"]
             notes = [f"{name}: {note}" for name, e in network["configs"].items() for note in e.get("notes", [])]
             notes += [f"{name}: skipped, {e['reason']}" for name, e in network["configs"].items()
                       if e.get("status") == "skipped"]
@@ -666,15 +738,12 @@ def _training_row(name, e, torch_best):
             f"| {acc(e['train_acc'])} | {acc(e['val_acc'])} | {diff} | {load} |")
 
 
-def _paired_lines(network):
-    """The worker settings' ratios paired by repeat (see paired), as a small table."""
-    p = network.get("paired")
+def _ratio_lines(p, cores, caption):
+    """Worker settings' ratios (see worker_ratios) under a caption, as a small table."""
     if not p:
         return []
-    cores = network["configs"]["optimized-cores"]["spec"]["workers"]
     fmt = lambda r: "-" if r is None else f"{r['median']:.3f} ({r['min']:.3f}-{r['max']:.3f}, n={r['n']})"
-    lines = ["", "Worker settings, paired by repeat: each ratio is taken within a repeat (its runs ran back to "
-             "back), then the median (min-max) over the repeats.", "",
+    lines = ["", caption, "",
              "| ratio | median (min-max, n) |", "|---|---:|",
              f"| speed-up of {cores} workers (optimized-cores) over 1 (optimized-1 / optimized-cores) "
              f"| {fmt(p['speedup_cores_over_1'])} |"]
@@ -787,6 +856,7 @@ def main(argv=None):
               "machine": machine_info(torch_info), "environment": env_handling(),
               "settings": {"epochs": args.epochs, "length": args.length, "repeats": args.repeats,
                            "quick": args.quick, "budget_seconds": args.budget, "seed": args.seed,
+                           "alternate_rounds": args.alternate_rounds,
                            "batch_size": BATCH_SIZE, "lr": LR, "l2": L2, "networks": [p[0] for p in args.plan],
                            "examples": {key: length for key, _, length in args.plan},
                            "configurations": [name for name, _ in configurations(cores)],
@@ -795,6 +865,8 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="mocrograd-bench-") as workdir:
         if not args.no_training:
             report["training"] = train_all(args, cores, torch_skip, workdir)
+            if args.alternate_rounds:
+                alternate_all(args, cores, workdir, report["training"])
             compare(report["training"])
         if not args.no_kernels:
             print("kernel micro-benchmarks ...", file=sys.stderr, flush=True)
@@ -808,6 +880,8 @@ def main(argv=None):
           f"({report['seconds']:.0f} s in all)", file=sys.stderr)
     failed = [f"{key}/{name}" for key, n in report.get("training", {}).items()
               for name, e in n["configs"].items() if e.get("status") == "error"]
+    failed += [f"{key}/alternated" for key, n in report.get("training", {}).items()
+               if n.get("alternated", {}).get("status") == "error"]
     if report.get("kernels", {}).get("status") == "error":
         failed.append("kernels")
     if failed:

@@ -124,6 +124,28 @@ def test_worker_ratios_are_paired_by_repeat(quick_run):
     assert "paired by repeat" in (out / "latest.md").read_text()
 
 
+def test_worker_settings_alternated_in_one_process(quick_run):
+    """alternate.py times every worker setting once per round (2 rounds in quick mode),
+    and each of its ratios is taken within a round."""
+    report, out, _, _ = quick_run
+    settings = OURS[1:]
+    assert report["settings"]["alternate_rounds"] == 2
+    for network in NETWORKS:
+        alternated = report["training"][network]["alternated"]
+        assert alternated["status"] == "ok" and alternated["rounds"] == 2
+        times = alternated["times"]
+        assert list(times) == list(settings)
+        assert all(len(t) == 2 and all(s > 0 for s in t) for t in times.values()), (network, times)
+        ratios = alternated["ratios"]
+        speedup = ratios["speedup_cores_over_1"]
+        expected = sorted(one / cores for one, cores in zip(times["optimized-1"], times["optimized-cores"]))
+        assert speedup["n"] == 2 and math.isclose(speedup["median"], sum(expected) / 2)
+        assert (speedup["min"], speedup["max"]) == (pytest.approx(expected[0]), pytest.approx(expected[1]))
+        best = min(settings, key=lambda name: sorted(times[name])[0] + sorted(times[name])[1])
+        assert ratios["best"] == best and best not in ratios["vs_best"]
+    assert "alternated fit by fit in one process" in (out / "latest.md").read_text()
+
+
 def test_paired_ratios_see_through_a_slow_stretch():
     """2 workers are 2x faster than 1, but the machine ran 1.6x slower for a while: over
     the 2-worker run of repeat 1 and both runs of repeat 2. The medians of the rows say
