@@ -20,23 +20,14 @@ import json
 import sys
 import time
 
-import numpy as np
-
 
 def main(spec_path, result_path):
-    with open(spec_path) as f:
-        spec = json.load(f)
-
     import mocrograd
-    from mocrograd.data import Split
-    from mocrograd.nn import build_model
     from mocrograd.train import fit
 
-    data = np.load(spec["data"])
-    train, val = Split(data["train_x"], data["train_y"]), Split(data["val_x"], data["val_y"])
-    settings = dict(epochs=spec["epochs"], batch_size=spec["batch_size"], lr=spec["lr"], l2=spec["l2"])
-    mocrograd.manual_seed(spec["seed"])
-    model = build_model(spec["network"])
+    from child import load_run
+
+    spec, model, train, val, settings = load_run(spec_path)
     start_state = model.state_dict()
     order = [tuple(s) for s in spec["settings"]]
     times = {name: [] for name, _, _ in order}

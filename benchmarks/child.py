@@ -40,22 +40,28 @@ def _reset_peak():
         return False
 
 
-def main(spec_path, result_path):
-    with open(spec_path) as f:
-        spec = json.load(f)
-
+def load_run(spec_path):
+    """A run's spec, its data and its fit settings, and mocrograd's model of the spec's
+    network built from the spec's seed (alternate.py's runs start the same way)."""
     import mocrograd
     from mocrograd.data import Split
     from mocrograd.nn import build_model
 
+    with open(spec_path) as f:
+        spec = json.load(f)
     data = np.load(spec["data"])
     train, val = Split(data["train_x"], data["train_y"]), Split(data["val_x"], data["val_y"])
     settings = dict(epochs=spec["epochs"], batch_size=spec["batch_size"], lr=spec["lr"], l2=spec["l2"])
+    mocrograd.manual_seed(spec["seed"])
+    return spec, build_model(spec["network"]), train, val, settings
+
+
+def main(spec_path, result_path):
+    import mocrograd
+
+    spec, model, train, val, settings = load_run(spec_path)
     kind = spec["kind"]
     info = {"kind": kind, "pid": os.getpid()}
-
-    mocrograd.manual_seed(spec["seed"])
-    model = build_model(spec["network"])
     if kind == "mocrograd":
         from mocrograd.train import fit
 
