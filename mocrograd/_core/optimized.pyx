@@ -253,6 +253,13 @@ cdef extern from *:
     MOCRO_THIN_ENTRIES(f32, float)
     MOCRO_THIN_ENTRIES(f64, double)
 
+    /* Ask for `lines` cache lines from each of `rows` rows `stride_bytes` apart, for writing. */
+    static inline void mocro_prefetch_rows(const void* p, Py_ssize_t stride_bytes, int rows, int lines) {
+        const char* q = (const char*)p;
+        for (int i = 0; i < rows; i++)
+            for (int l = 0; l < lines; l++) __builtin_prefetch(q + i * stride_bytes + l * 64, 1, 3);
+    }
+
     /* The rank-k update, for products of depth k <= MOCRO_RANK_K into long rows (the
        SGD step's W = beta W + alpha G X^T at a batch of 2-8, dW = G X^T): R rows of C
        at a time, each swept start to end once, c[r * ldc + j] = beta * c + alpha *
@@ -277,8 +284,7 @@ cdef extern from *:
                 memcpy(&y, bt + p * n + j, sizeof y);                                  \
                 MOCRO_UNROLL for (r = 0; r < R; r++) acc[r] += a[r * MOCRO_RANK_K + p] * y; \
             }                                                                          \
-            MOCRO_UNROLL for (r = 0; r < R; r++)                                       \
-                __builtin_prefetch((const char*)(c + r * ldc + j) + MOCRO_RANK_AHEAD, 1, 3); \
+            mocro_prefetch_rows((const char*)(c + j) + MOCRO_RANK_AHEAD, ldc * sizeof(T), R, 1); \
             MOCRO_UNROLL for (r = 0; r < R; r++) {                                     \
                 y = acc[r] * alpha;                                                    \
                 if (beta != 0) {                                                       \
@@ -297,12 +303,6 @@ cdef extern from *:
     }
     MOCRO_BOTH_TYPES(MOCRO_RANK, mocro_rank4, 4)
     MOCRO_BOTH_TYPES(MOCRO_RANK, mocro_rank1, 1)
-    /* Ask for `lines` cache lines from each of `rows` rows `stride_bytes` apart, for writing. */
-    static inline void mocro_prefetch_rows(const void* p, Py_ssize_t stride_bytes, int rows, int lines) {
-        const char* q = (const char*)p;
-        for (int i = 0; i < rows; i++)
-            for (int l = 0; l < lines; l++) __builtin_prefetch(q + i * stride_bytes + l * 64, 1, 3);
-    }
     """
     enum:
         VEC_BYTES "MOCRO_VEC_BYTES"
