@@ -354,7 +354,12 @@ cdef extern from *:
 cdef enum:
     KC_BYTES = 1024      # k-block: 256 floats / 128 doubles, so a KC x NR strip of B is 32 KB (L1)
     KC_THIN_BYTES = 4096 # deeper k-blocks when B is one strip wide (n <= NR): fewer passes over C
-    NC_BYTES = 524288    # a group of strips: KC x NC of packed B, 512 KB, half the 1 MB L2
+    NC_BYTES = 2097152   # a group of strips: KC x NC of packed B, 2 MB (from L3: the tile asks for its
+                         # strip ahead). Each group packs the A panels again; with the tile's prefetch,
+                         # 2 MB groups instead of 512 KB (the L2 half, kept before it) ran 2048^3
+                         # 1.08-1.09x faster on 1 worker and 1.10-1.14x on 2, 1024^3 1.05-1.07x,
+                         # 4096^3 1.15x on 2 (4 MB: a further 1.04x there; 16 MB no better), 512^3
+                         # and dW = G X^T at a batch of 32 unchanged
     KC_MAX = 1024        # the most k-block elements any of the above gives (A panel buffer)
     LANES = 16           # independent partial sums in a vectorized reduction
     SPLIT_K_BYTES = 16777216  # the most workspace (partial sums and packed B) split-k may take
