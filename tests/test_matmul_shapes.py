@@ -31,6 +31,9 @@ SHAPES = [
     (37, 5, 300), (6, 8, 1001), (3, 2, 257),
     # more strips than row tiles but several row tiles per thread: the rows are cut
     (100, 40, 600),
+    # more strips than one group of packed B holds (2 MB: 64 float or 128 double strips
+    # at full k-block depth): two groups, with the strips cut and with the rows cut
+    (13, 260, 2100), (100, 260, 2100),
 ]
 
 
