@@ -30,7 +30,8 @@ EPS64 = np.finfo(np.float64).eps
 # into uneven chunks, and a wide one whose column reductions get several chunks
 # of at least 256 columns. (dynamic adds workers only for much more work: see the
 # bit-identity section at the end.)
-SHAPES = [(1, 1), (1, 13), (13, 1), (13, 31), (9, 33), (17, 65), (131, 509), (7, 1031)]
+# (5, 4500): a reduction down the columns takes blocks of 2048 columns, the last one short
+SHAPES = [(1, 1), (1, 13), (13, 1), (13, 31), (9, 33), (17, 65), (131, 509), (7, 1031), (5, 4500)]
 SHAPE_IDS = [f"{r}x{c}" for r, c in SHAPES]
 
 # (m, k, n) of op(A) @ op(B). With AVX-512 the float32 register tile is 12 x 32; a
