@@ -242,6 +242,36 @@ def test_exp_log_pow_within_a_few_ulp(backend, dtype, shape, rng, assert_within)
         assert_within(got, expected, 4 * eps(dtype) * np.abs(expected), name)
 
 
+EXP_EDGES = [-np.inf, -1e30, -200.0, -104.0, -103.9, -100.0, -90.0, -87.5, -87.0, -1e-30, -0.0, 0.0,
+             1e-30, 50.0, 88.5, 88.72, 88.8, 100.0, 709.0, 710.0, 1e30, np.inf, np.nan]
+
+
+def test_exp_at_the_edges_of_the_float_range(backend, dtype, rng):
+    # inf, 0, NaN and subnormal results as exp gives them: float32's vector exp builds
+    # 2^n in two halves and clamps x to [-104, 89]; within 4 ulp, or 2 of the smallest
+    # subnormals where the result is subnormal
+    x = np.concatenate([EXP_EDGES, rng.uniform(-104.5, -86.0, 257), rng.uniform(88.0, 89.5, 37)])
+    x = x.astype(dtype).reshape(1, -1)
+    got = Matrix(x).exp().numpy()
+    with np.errstate(over="ignore"):
+        exact = np.exp(f64(x))
+        rounded = exact.astype(dtype)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(exact))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(rounded))
+    finite = np.isfinite(rounded)
+    tiny = np.finfo(dtype).smallest_subnormal
+    assert np.all(np.abs(f64(got[finite]) - exact[finite])
+                  <= 4 * eps(dtype) * exact[finite] + 2 * tiny)
+
+
+def test_exp_of_a_value_does_not_depend_on_its_place_in_a_run(backend, rng):
+    # the vector exp pads a run's tail to a whole vector: the same value, the same result
+    x = rng.uniform(-30, 30, (3, 37)).astype(np.float32)
+    whole = Matrix(x).exp().numpy()
+    alone = np.array([[Matrix(x[i:i + 1, j:j + 1]).exp().numpy()[0, 0] for j in range(37)] for i in range(3)])
+    np.testing.assert_array_equal(whole, alone)
+
+
 # ------------------------------------------------------------- reductions
 
 AXES = [None, 0, 1]
