@@ -420,6 +420,10 @@ cdef extern from *:
 cdef enum:
     KC_BYTES = 1024      # k-block: 256 floats / 128 doubles, so a KC x NR strip of B is 32 KB (L1)
     KC_THIN_BYTES = 4096 # deeper k-blocks when B is one strip wide (n <= NR): fewer passes over C
+    PACK_A_ABOVE = 2048  # rows of op(A) (contiguous) further apart than this are packed for the tile; nearer
+                         # ones are read in place, their 12 rows spread over 2 or more L1 sets: Bigger's
+                         # first-layer dW = G X^T (rows 128 B apart) ran 1.22-1.24x faster, 500^3 1.12x,
+                         # Longer's dW 1.07-1.09x; rows 4 KB apart (1024^3), all in one set, 0.85-0.87x
     NC_BYTES = 2097152   # a group of strips: KC x NC of packed B, 2 MB (from L3: the tile asks for its
                          # strip ahead). Each group packs the A panels again; with the tile's prefetch,
                          # 2 MB groups instead of 512 KB (the L2 half, kept before it) ran 2048^3
@@ -567,9 +571,10 @@ cdef inline void _block(bint narrow, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t s0
     cdef const floating* panel
     cdef Py_ssize_t panel_i, panel_p
     # Packing the A panel costs one pass over it; it pays when the panel is reused
-    # by several strips (and pads the last, partial row tile). When B is a single
-    # strip (batch-sized products), A is streamed once and read in place.
-    cdef bint pack = s1 - s0 > 1
+    # by several strips (and pads the last, partial row tile) and its rows lie far
+    # apart. When B is a single strip (batch-sized products), A is streamed once and
+    # read in place; so are rows at most PACK_A_ABOVE bytes apart (see the enum).
+    cdef bint pack = s1 - s0 > 1 and (sap != 1 or sai * sizeof(floating) > PACK_A_ABOVE)
     i0 = r0
     while i0 < r1:
         mr = min(<Py_ssize_t>MR, m - i0)
