@@ -13,7 +13,7 @@ Matmul adds cache blocking over k, a packed panel of B and a register tile.
 """
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport exp, expf, log, logf, pow, powf, sqrt, INFINITY
+from libc.math cimport exp, log, logf, pow, powf, sqrt, INFINITY
 from libc.stdlib cimport malloc, free
 
 from .ops cimport *
@@ -272,8 +272,9 @@ cdef extern from *:
        clamped to 89) and 0 (x below -104). NaN stays NaN (the clamps keep it). At most
        1.01 ulp from exp on normal results (12 million random floats), 1.7 of the
        smallest subnormal on subnormal ones; libm's expf, called per value, streamed 6x
-       slower (1.3 against 8.2 GB/s on one worker, NumPy 7.8). The tail of a run is padded to a whole vector, so
-       a value's result never depends on where it lies in a run, nor on the worker count. */
+       slower (1.3 against 8.2 GB/s on one worker, NumPy 7.8). The tail of a run is
+       padded to a whole vector, so a value's result never depends on where it lies in
+       a run, nor on the worker count. */
     typedef float mocro_expf_vec __attribute__((vector_size(MOCRO_VEC_BYTES)));
     typedef int mocro_expi_vec __attribute__((vector_size(MOCRO_VEC_BYTES)));
     #define MOCRO_EXP_W (MOCRO_VEC_BYTES / 4)
@@ -1075,15 +1076,16 @@ cdef inline void _column_reduce(int op, const floating* x, Py_ssize_t rows, Py_s
     COLUMN_BLOCK columns at a time with double partials on this thread's stack; a short
     run asks for the run COLUMN_AHEAD bytes of runs further down first."""
     cdef double acc[COLUMN_BLOCK]
-    cdef Py_ssize_t i, j, start = lo, stop, ahead
+    cdef Py_ssize_t i, j, start = lo, stop, run, ahead
     while start < hi:
         stop = min(start + <Py_ssize_t>COLUMN_BLOCK, hi)
-        ahead = max(1, COLUMN_AHEAD // ((stop - start) * sizeof(floating)))
+        run = (stop - start) * sizeof(floating)   # bytes read from each row
+        ahead = max(1, COLUMN_AHEAD // run) if run < COLUMN_PREFETCH_BELOW else 0   # rows
         for j in range(start, stop):
             acc[j - start] = 0.0 if op == SUM else -INFINITY
         for i in range(rows):
-            if (stop - start) * sizeof(floating) < COLUMN_PREFETCH_BELOW and i + ahead < rows:
-                mocro_prefetch_run(x + (i + ahead) * cols + start, (stop - start) * sizeof(floating))
+            if ahead and i + ahead < rows:
+                mocro_prefetch_run(x + (i + ahead) * cols + start, run)
             if op == SUM:
                 for j in range(start, stop):
                     acc[j - start] += x[i * cols + j]
