@@ -383,7 +383,7 @@ def train_all(args, cores, torch_skip, workdir, log=sys.stderr):
                     continue  # it failed once: do not spend the other repeats on it
                 spec = dict(fields, network=model, data=data_files[key], epochs=args.epochs, batch_size=BATCH_SIZE,
                             lr=LR, l2=L2, seed=args.seed)
-                run = run_child(spec, workdir, f"{key.replace('@', '_')}-{name}-{repeat}")
+                run = run_child(spec, workdir, f"{_file_key(key)}-{name}-{repeat}")
                 run["repeat"] = repeat + 1
                 entry["runs"].append(run)
                 shown = (f"{run['seconds']:.3f} s, peak {run['child_maxrss_mb']:.0f} MB" if run["status"] == "ok"
@@ -401,9 +401,14 @@ def train_all(args, cores, torch_skip, workdir, log=sys.stderr):
     return results
 
 
+def _file_key(key):
+    """A network's key as it appears in file names ("bigger@32" -> "bigger_32")."""
+    return key.replace("@", "_")
+
+
 def _data_path(workdir, key):
     """The .npz a network's runs read their examples from (train_all writes it)."""
-    return os.path.join(workdir, f"data-{key.replace('@', '_')}.npz")
+    return os.path.join(workdir, f"data-{_file_key(key)}.npz")
 
 
 def alternate_all(args, cores, workdir, results, log=sys.stderr):
@@ -412,22 +417,17 @@ def alternate_all(args, cores, workdir, results, log=sys.stderr):
     settings = [[name, fields["backend"], fields["workers"]]
                 for name, fields in configurations(cores) if name in SETTINGS]
     for key, model, _ in args.plan:
-        tag = f"{key.replace('@', '_')}-alternated"
+        tag = f"{_file_key(key)}-alternated"
         spec_path, result_path = os.path.join(workdir, f"{tag}.spec.json"), os.path.join(workdir, f"{tag}.result.json")
         with open(spec_path, "w") as f:
             json.dump({"network": model, "data": _data_path(workdir, key), "epochs": args.epochs,
                        "batch_size": BATCH_SIZE, "lr": LR, "l2": L2, "seed": args.seed,
                        "rounds": args.alternate_rounds, "settings": settings}, f)
-        load_before, others = loadavg(), OtherLoad()
-        done = subprocess.run([sys.executable, os.path.join(HERE, "alternate.py"), spec_path, result_path],
-                              capture_output=True, text=True, cwd=workdir, env=child_env())
-        record = {"load_before": load_before, "load_after": loadavg(), "other_busy_cores": others.stop()}
-        if done.returncode == 0 and os.path.exists(result_path):
-            with open(result_path) as f:
-                record.update(json.load(f), status="ok")
+        record = run_script([sys.executable, os.path.join(HERE, "alternate.py"), spec_path, result_path],
+                            result_path, workdir)
+        if record["status"] == "ok":
             shown = ", ".join(f"{name} {statistics.median(t):.3f} s" for name, t in record["times"].items())
         else:
-            record.update(status="error", log_tail=(done.stdout + done.stderr)[-3000:])
             shown = "FAILED:\n" + record["log_tail"][-1500:]
         results[key]["alternated"] = record
         print(f"[alternated x{args.alternate_rounds}] {key:>10} {shown}", file=log, flush=True)
@@ -562,14 +562,22 @@ def run_kernels(args, workdir):
     command = [sys.executable, os.path.join(HERE, "kernels.py"), "--json", path, "--quiet"]
     if args.quick:
         command.append("--quick")
+    return run_script(command, path, workdir)
+
+
+def run_script(command, result_path, workdir):
+    """A benchmark script in one fresh process that writes its JSON to result_path: that
+    JSON with status "ok", or status "error" and the tail of its output; either way the
+    load average before and after and the cores other processes kept busy meanwhile."""
     load_before, others = loadavg(), OtherLoad()
     done = subprocess.run(command, capture_output=True, text=True, cwd=workdir, env=child_env())
-    if done.returncode != 0 or not os.path.exists(path):
-        return {"status": "error", "log_tail": (done.stdout + done.stderr)[-3000:]}
-    with open(path) as f:
-        report = json.load(f)
-    report.update(status="ok", load_before=load_before, load_after=loadavg(), other_busy_cores=others.stop())
-    return report
+    load = {"load_before": load_before, "load_after": loadavg(), "other_busy_cores": others.stop()}
+    if done.returncode != 0 or not os.path.exists(result_path):
+        return {"status": "error", "log_tail": (done.stdout + done.stderr)[-3000:], **load}
+    with open(result_path) as f:
+        record = json.load(f)
+    record.update(status="ok", **load)
+    return record
 
 
 # ----------------------------------------------------------------------------- output

@@ -73,6 +73,19 @@ cdef extern from *:
         KERNEL(NAME##_f64, double, MOCRO_HALF_NR_F64, __VA_ARGS__)
     #define MOCRO_HALF_NR_F32 (MOCRO_VEC_BYTES / 4)
     #define MOCRO_HALF_NR_F64 (MOCRO_VEC_BYTES / 8)
+    /* Ask for the cache lines of bytes [0, n) from p, for reading. */
+    static inline void mocro_prefetch_run(const void* p, Py_ssize_t n) {
+        const char* q = (const char*)p;
+        for (Py_ssize_t b = 0; b < n; b += 64) __builtin_prefetch(q + b, 0, 3);
+    }
+
+    /* Ask for `lines` cache lines from each of `rows` rows `stride_bytes` apart, for writing. */
+    static inline void mocro_prefetch_rows(const void* p, Py_ssize_t stride_bytes, int rows, int lines) {
+        const char* q = (const char*)p;
+        for (int i = 0; i < rows; i++)
+            for (int l = 0; l < lines; l++) __builtin_prefetch(q + i * stride_bytes + l * 64, 1, 3);
+    }
+
     /* Step P of a tile's k loop: the sums take (OP "=", step 0) or add (OP "+=")
        a_i * b for each row i. With AHEAD > 0 the step first asks for the packed
        strip's lines AHEAD bytes further on (the strip, 32 KB, streams from L2 for
@@ -84,9 +97,7 @@ cdef extern from *:
        1.03x (1). The narrow tile asks nothing: 0.93-1.08x on its shapes. */
     #define MOCRO_TILE_AHEAD 2048
     #define MOCRO_TILE_STEP(T, W, V, AHEAD, P, OP) {                                   \
-            if (AHEAD)                                                                 \
-                for (int l = 0; l < (V * MOCRO_VEC_BYTES + 63) / 64; l++)              \
-                    __builtin_prefetch((const char*)(bp + (P) * V * W) + AHEAD + l * 64, 0, 3); \
+            if (AHEAD) mocro_prefetch_run((const char*)(bp + (P) * V * W) + AHEAD, V * MOCRO_VEC_BYTES); \
             memcpy(&b0, bp + (P) * V * W, sizeof b0);                                  \
             if (V == 2) memcpy(&b1, bp + (P) * V * W + W, sizeof b1);                  \
             const T* a_p = a + (P) * sap;                                              \
@@ -321,19 +332,6 @@ cdef extern from *:
             v = mocro_exp_lanes(v);
             memcpy(out + j, &v, (n - j) * sizeof(float));
         }
-    }
-
-    /* Ask for the cache lines of bytes [0, n) from p, for reading. */
-    static inline void mocro_prefetch_run(const void* p, Py_ssize_t n) {
-        const char* q = (const char*)p;
-        for (Py_ssize_t b = 0; b < n; b += 64) __builtin_prefetch(q + b, 0, 3);
-    }
-
-    /* Ask for `lines` cache lines from each of `rows` rows `stride_bytes` apart, for writing. */
-    static inline void mocro_prefetch_rows(const void* p, Py_ssize_t stride_bytes, int rows, int lines) {
-        const char* q = (const char*)p;
-        for (int i = 0; i < rows; i++)
-            for (int l = 0; l < lines; l++) __builtin_prefetch(q + i * stride_bytes + l * 64, 1, 3);
     }
 
     /* The rank-k update, for products of depth k <= MOCRO_RANK_K into long rows (the
