@@ -22,9 +22,11 @@ SHAPES = [
     (5, 3, 2), (13, 17, 31), (31, 37, 41), (12, 256, 32), (11, 255, 33),
     (25, 300, 70), (3, 1031, 2), (97, 513, 67), (64, 1100, 32), (130, 40, 8),
     (200, 32, 300), (2, 5000, 3),
-    # the thin kernels: 1, 2-4, 5-8, 9-16 and 17-32 columns, rows past their row groups and blocks
+    # the thin kernels: 1, 2-4, 5-8, 9-16 and 17-32 columns, rows past their row groups and blocks;
+    # dot products of 2-8 columns need depth (128 for 2-4, 384 for 5-8): shallower ones take the tile
     (4500, 20, 1), (37, 9, 4), (600, 50, 13), (301, 70, 6), (11, 17, 16), (1600, 30, 8), (9000, 10, 1),
-    (2100, 7, 3), (4500, 20, 10), (2050, 1030, 29),
+    (2100, 7, 3), (4500, 20, 10), (2050, 1030, 29), (37, 130, 4), (2100, 129, 3), (301, 400, 6),
+    (1600, 385, 8), (53, 127, 2),
     # one strip of B packed whole, several k-blocks per row tile: narrow and wide tiles, an edge tile
     (301, 2100, 9), (25, 1500, 20), (130, 1300, 32),
     # the rank-k update (depth 2-8, rows of 256 or more): padded depths, leftover rows, a vector tail

@@ -44,8 +44,10 @@ MATMUL_SHAPES = [
     (17, 300, 65),
     (257, 513, 129),   # large: 33 x 5 tiles, three k-blocks, the last one 1 deep
     (50, 1100, 8),     # a batch of 8: four full row tiles and a 2-row edge, two deep k-blocks
-    (53, 300, 6),      # thin dot products of 5-8 columns: 10 groups of 5 rows and 3 rows alone
-    (29, 70, 3),       # ... and of 2-4 columns: 3 groups of 8 rows and 5 alone
+    (53, 400, 6),      # thin dot products of 5-8 columns: 10 groups of 5 rows and 3 rows alone
+    (29, 130, 3),      # ... and of 2-4 columns: 7 groups of 4 rows and 1 alone (AMD: 3 of 8 and 5)
+    (53, 300, 6),      # the same, too shallow for them: the narrow register tile
+    (29, 70, 3),
     (100, 70, 16),     # half a tile wide
     (61, 40, 17),      # one column more
 ]

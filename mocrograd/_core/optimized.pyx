@@ -141,7 +141,8 @@ cdef extern from *:
     MOCRO_BOTH_TYPES(MOCRO_TILE, mocro_narrow_tile, 1, 0)
 
     /* The thin kernels, for products at most 4 columns wide (one example, a batch
-       of 2: matrix-vector work; up to 8 with AVX-512, a batch of 8), and W^T G
+       of 2: matrix-vector work; up to 8 with AVX-512, a batch of 8) on deep enough
+       rows of A (THIN_DOT_K4 and THIN_DOT_K8 in the enum below), and W^T G
        products up to 16, or 32 when deep (whose register tile reads W down its
        columns). A register tile would leave most of its lanes idle there; these run
        along the contiguous side of A instead, for J output columns at once (bt and b
@@ -434,6 +435,12 @@ cdef enum:
     SPLIT_K_BYTES = 16777216  # the most workspace (partial sums and packed B) split-k may take
     ONE_STRIP_BYTES = 4194304  # op(B) one strip wide and at most this big (4 MB) is packed whole (_matmul_one_strip)
     THIN = 4             # products this narrow take the thin kernels
+    THIN_DOT_K4 = 128    # ... of 2-4 columns only this deep or deeper, and of 5-8 columns (AVX-512)
+    THIN_DOT_K8 = 384    # this deep: each thin_dot call ends with J x R sums across W lanes, which cost
+                         # more than its FMAs on short rows; the narrow register tile reads those in
+                         # place. Bigger's first layer (8192 x 64) forward ran 2.2-2.9x faster with the
+                         # tile at a batch of 8 and 1.5x at 2-4; depth 256: 1.35-1.5x at 8 but 0.86-0.96x
+                         # at 2-4; 384: 1.02-1.04x at 8 (doubles 0.9-1.1x), 0.6x at 2-4 (Intel Xeon)
     THIN_T = 16          # ... and W^T G products this narrow (a batch of 16: their register tile is slow)
     THIN_T_DEEP = 32     # ... and W^T G this narrow when also deep and tall (k >= THIN_DEEP_K and
     THIN_DEEP_K = 1024   # m >= THIN_DEEP_M, a batch of 32 through Bigger's middle layers): there the
@@ -658,7 +665,8 @@ cdef inline void _thin_axpy(Py_ssize_t J, Py_ssize_t w, Py_ssize_t ldt, Py_ssize
 cdef int _matmul_thin(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a, bint trans_a,
                       const floating* b, Py_ssize_t sbp, Py_ssize_t sbj, floating* c, floating alpha,
                       floating beta, int workers) noexcept nogil:
-    """matmul for n <= THIN columns (matrix-vector work; n <= 8 with DOT8), or
+    """matmul for n <= THIN columns (matrix-vector work; n <= 8 with DOT8) when op(A) = A
+    and k is deep enough (THIN_DOT_K4, THIN_DOT_K8; any k for a vector), or
     n <= THIN_T (THIN_T_DEEP if deep and tall) when op(A) = A^T, rows of the output
     cut into ``workers`` chunks or more (pieces_for), fewer for small outputs (see
     below). op(B) is copied into a zero-padded buffer of J columns (1 for a vector,
@@ -837,7 +845,7 @@ cdef int matmul(const floating[:, ::1] a, bint trans_a, const floating[:, ::1] b
     cdef Py_ssize_t NR = _nr(&out[0, 0]) // 2 if narrow else _nr(&out[0, 0])
     cdef Py_ssize_t n_strips, m_tiles, kc_max, strips_per_group, g0, g1, pc, kc, s, lo, hi
     cdef int chunk, pieces, n_threads = threads_for(workers)
-    cdef bint split_rows
+    cdef bint split_rows, thin
     cdef floating alpha_f = <floating>alpha, beta_f = <floating>beta, beta_block
     cdef floating* bp
     if m == 0 or n == 0:
@@ -848,8 +856,11 @@ cdef int matmul(const floating[:, ::1] a, bint trans_a, const floating[:, ::1] b
         elif beta != 1:
             scale(beta, out, workers)
         return 0
-    if n <= THIN or (DOT8 and n <= 8) or (trans_a and (n <= THIN_T or
-            (n <= THIN_T_DEEP and k >= THIN_DEEP_K and m >= THIN_DEEP_M))):
+    if trans_a:   # W^T G: running sums down the rows of A (see the enum for the limits)
+        thin = n <= THIN_T or (n <= THIN_T_DEEP and k >= THIN_DEEP_K and m >= THIN_DEEP_M)
+    else:         # dot products along the rows of A, deep enough to pay for their last sums
+        thin = n == 1 or (n <= THIN and k >= THIN_DOT_K4) or (DOT8 and n <= 8 and k >= THIN_DOT_K8)
+    if thin:
         return _matmul_thin(m, n, k, &a[0, 0], trans_a, &b[0, 0], sbp, sbj, &out[0, 0], alpha_f, beta_f, workers)
     if 2 <= k <= RANK_K and n >= RANK_N:
         if _matmul_rank(m, n, k, &a[0, 0], sai, sap, &b[0, 0], sbp, sbj, &out[0, 0], alpha_f, beta_f,
