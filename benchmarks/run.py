@@ -346,6 +346,13 @@ def run_child(spec, workdir, tag):
     return record
 
 
+def repeat_order(configs, repeat):
+    """The configurations in the order repeat ``repeat`` (from 0) runs them: the table's
+    order, then reversed, and so on. A host that speeds up or slows down over a repeat
+    then favours neither end of the order over the repeats."""
+    return configs if repeat % 2 == 0 else configs[::-1]
+
+
 def train_all(args, cores, torch_skip, workdir, log=sys.stderr):
     """Every (network, configuration) for every repeat; the JSON-ready training results."""
     from mocrograd.data import load_digits
@@ -367,7 +374,7 @@ def train_all(args, cores, torch_skip, workdir, log=sys.stderr):
 
     for repeat in range(args.repeats):
         for key, model, length in args.plan:
-            for name, fields in configs:
+            for name, fields in repeat_order(configs, repeat):
                 entry = results[key]["configs"][name]
                 if entry.get("status") == "skipped":
                     continue

@@ -146,15 +146,32 @@ def test_worker_settings_alternated_in_one_process(quick_run):
     assert "alternated fit by fit in one process" in (out / "latest.md").read_text()
 
 
-def test_paired_ratios_see_through_a_slow_stretch():
-    """2 workers are 2x faster than 1, but the machine ran 1.6x slower for a while: over
-    the 2-worker run of repeat 1 and both runs of repeat 2. The medians of the rows say
-    1.25x; the ratios within each repeat (1.25, 2, 2) say 2x."""
+def _run_module():
     sys.path.insert(0, str(BENCH))
     try:
         import run
     finally:
         sys.path.remove(str(BENCH))
+    return run
+
+
+def test_repeats_alternate_the_order_of_the_configurations():
+    """Odd repeats run the table's order, even ones its reverse, so over two repeats every
+    configuration's positions add up to the same: a machine that slows down (or speeds
+    up) as a repeat goes on favours no configuration."""
+    run = _run_module()
+    configs = run.configurations(2)
+    orders = [run.repeat_order(configs, repeat) for repeat in range(4)]
+    assert orders[0] == orders[2] == configs and orders[1] == orders[3] == configs[::-1]
+    positions = {name: sum(order.index((name, fields)) for order in orders[:2]) for name, fields in configs}
+    assert set(positions.values()) == {len(configs) - 1}
+
+
+def test_paired_ratios_see_through_a_slow_stretch():
+    """2 workers are 2x faster than 1, but the machine ran 1.6x slower for a while: over
+    the 2-worker run of repeat 1 and both runs of repeat 2. The medians of the rows say
+    1.25x; the ratios within each repeat (1.25, 2, 2) say 2x."""
+    run = _run_module()
     seconds = {"optimized-1": (1.0, 1.6, 1.0), "optimized-cores": (0.8, 0.8, 0.5)}
     seconds.update({name: (0.6, 0.6, 0.6) for name in ("optimized-10", "optimized-64", "optimized-256", "dynamic")})
     configs = {name: {"status": "ok", "spec": {"workers": 2}, "median": sorted(times)[1],
