@@ -438,9 +438,10 @@ cdef enum:
     THIN_DOT_K4 = 128    # ... of 2-4 columns only this deep or deeper, and of 5-8 columns (AVX-512)
     THIN_DOT_K8 = 384    # this deep: each thin_dot call ends with J x R sums across W lanes, which cost
                          # more than its FMAs on short rows; the narrow register tile reads those in
-                         # place. Bigger's first layer (8192 x 64) forward ran 2.2-2.9x faster with the
-                         # tile at a batch of 8 and 1.5x at 2-4; depth 256: 1.35-1.5x at 8 but 0.86-0.96x
-                         # at 2-4; 384: 1.02-1.04x at 8 (doubles 0.9-1.1x), 0.6x at 2-4 (Intel Xeon)
+                         # place. Bigger's first layer (8192 x 64) forward ran 2.3-2.9x faster with the
+                         # tile at a batch of 6-8 and 1.5x at 2-4; depth 128: 1.8-2.2x at 8, 0.96-1.21x
+                         # at 2-4; 256: 1.35-1.5x at 8 but 0.78-0.96x at 2-4; 384: 1.02-1.04x at 8
+                         # (doubles 0.9-1.1x), 0.6-0.7x at 2-4 (Intel Xeon, 1 and 2 workers)
     THIN_T = 16          # ... and W^T G products this narrow (a batch of 16: their register tile is slow)
     THIN_T_DEEP = 32     # ... and W^T G this narrow when also deep and tall (k >= THIN_DEEP_K and
     THIN_DEEP_K = 1024   # m >= THIN_DEEP_M, a batch of 32 through Bigger's middle layers): there the
