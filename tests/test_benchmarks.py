@@ -116,8 +116,9 @@ def test_worker_ratios_are_paired_by_repeat(quick_run):
         speedup = paired["speedup_cores_over_1"]
         assert speedup["n"] == 1 and speedup["of"] == ["optimized-1", "optimized-cores"]
         assert math.isclose(speedup["median"], seconds["optimized-1"] / seconds["optimized-cores"])
-        best = min(OURS[1:], key=lambda name: configs[name]["median"])
-        assert paired["best"] == best and best not in paired["vs_best"]
+        rounds = report["training"][network]["alternated"]["times"]   # the other measure chooses the best
+        best = min(OURS[1:], key=lambda name: sorted(rounds[name])[0] + sorted(rounds[name])[1])
+        assert paired["best"] == best and best not in paired["vs_best"] and paired["best_chosen_by"] == "other"
         for name, ratio in paired["vs_best"].items():
             assert math.isclose(ratio["median"], seconds[name] / seconds[best]), (network, name)
         assert math.isclose(paired["dynamic_vs_1"]["median"], seconds["dynamic"] / seconds["optimized-1"])
@@ -141,8 +142,9 @@ def test_worker_settings_alternated_in_one_process(quick_run):
         expected = sorted(one / cores for one, cores in zip(times["optimized-1"], times["optimized-cores"]))
         assert speedup["n"] == 2 and math.isclose(speedup["median"], sum(expected) / 2)
         assert (speedup["min"], speedup["max"]) == (pytest.approx(expected[0]), pytest.approx(expected[1]))
-        best = min(settings, key=lambda name: sorted(times[name])[0] + sorted(times[name])[1])
-        assert ratios["best"] == best and best not in ratios["vs_best"]
+        fresh = report["training"][network]["configs"]   # the other measure chooses the best
+        best = min(settings, key=lambda name: fresh[name]["median"])
+        assert ratios["best"] == best and best not in ratios["vs_best"] and ratios["best_chosen_by"] == "other"
     assert "alternated fit by fit in one process" in (out / "latest.md").read_text()
 
 
@@ -165,6 +167,30 @@ def test_repeats_alternate_the_order_of_the_configurations():
     assert orders[0] == orders[2] == configs and orders[1] == orders[3] == configs[::-1]
     positions = {name: sum(order.index((name, fields)) for order in orders[:2]) for name, fields in configs}
     assert set(positions.values()) == {len(configs) - 1}
+
+
+def test_the_best_setting_is_chosen_by_the_other_measure():
+    """In the fresh processes optimized-10 had a lucky run and the lowest median; in one
+    process optimized-cores was fastest. Compared with the lucky runs, dynamic (as fast
+    as every setting of 2 threads) would look 25% slower; against the setting the other
+    measure found best, it is even."""
+    run = _run_module()
+    fresh = {"optimized-1": (2.0, 2.0, 2.0), "optimized-10": (0.8, 0.8, 1.0), "optimized-64": (1.0, 1.0, 1.0),
+             "optimized-256": (1.0, 1.0, 1.0), "optimized-cores": (1.0, 1.0, 1.0), "dynamic": (1.0, 1.0, 1.0)}
+    configs = {name: {"status": "ok", "runs": [{"status": "ok", "repeat": r + 1, "seconds": t}
+                                               for r, t in enumerate(times)]} for name, times in fresh.items()}
+    rounds = {name: [1.0, 1.0] for name in fresh}
+    rounds.update({"optimized-1": [2.0, 2.0], "optimized-cores": [0.98, 0.98]})
+    network = {"configs": configs, "alternated": {"status": "ok", "times": rounds}}
+    run.paired(network)
+    paired, alternated = network["paired"], network["alternated"]["ratios"]
+    assert paired["best_fixed"] == "optimized-cores" and paired["best_chosen_by"] == "other"
+    assert paired["dynamic_vs_best_fixed"]["median"] == pytest.approx(1.0)
+    assert alternated["best_fixed"] == "optimized-10"
+    assert alternated["dynamic_vs_best_fixed"]["median"] == pytest.approx(1.0)
+    alone = run.worker_ratios({name: dict(enumerate(times, 1)) for name, times in fresh.items()})
+    assert alone["best_fixed"] == "optimized-10" and alone["best_chosen_by"] == "same"
+    assert alone["dynamic_vs_best_fixed"]["median"] == pytest.approx(1.25)
 
 
 def test_paired_ratios_see_through_a_slow_stretch():
