@@ -528,7 +528,7 @@ def worker_ratios(times, chosen_by=None):
     the same settings) where it has every setting, else in ``times``. A setting picked
     for its luck in the very runs it is then compared on makes the others look slower
     than they are: with four fixed settings as fast as dynamic and 5-10% noise per run,
-    dynamic came out 2-4.5% slower than the best of them (simulated, 5 repeats). None
+    dynamic came out 2-4.5% slower than the best of them (benchmarks/selection_bias.py). None
     when no fixed worker count ran."""
     medians = {name: statistics.median(t.values()) for name, t in times.items() if t}
     fixed = [name for name in SETTINGS if name in medians and name != "dynamic"]

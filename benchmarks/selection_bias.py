@@ -1,0 +1,57 @@
+"""How much choosing the "best" setting in the same runs it is compared on flatters it.
+
+The benchmark compares dynamic with the best fixed worker count. On 2 cores, 10, 64,
+256 and 2 workers all run on the same two threads: equally fast, but each run's time
+is noisy. Take the one with the lowest median as "best" and compare dynamic with it in
+those same runs, and dynamic looks slower than it is: the best was chosen partly for
+its luck. Choosing it in other runs (run.py takes the other measure's medians: fresh
+processes for the one-process rounds and the other way round) removes that.
+
+This simulates it: SETTINGS settings and dynamic, all equally fast, REPEATS runs each
+with log-normal noise of SIGMA; the median over TRIALS of the paired ratio dynamic /
+best, best chosen in the same runs or in a second, independent set.
+
+    python benchmarks/selection_bias.py --sigma 0.05 0.1
+"""
+import argparse
+import math
+import random
+import statistics
+
+
+def paired_ratio(runs, best):
+    """Median over repeats of dynamic's time over the best setting's, repeat by repeat."""
+    return statistics.median(d / b for d, b in zip(runs["dynamic"], runs[best]))
+
+
+def simulate(sigma, settings=4, repeats=5, trials=2000, seed=0):
+    """(median ratio with the best chosen in the same runs, median with it chosen in others)."""
+    rng = random.Random(seed)
+    draw = lambda: [math.exp(rng.gauss(0.0, sigma)) for _ in range(repeats)]
+    names = [f"fixed-{i}" for i in range(settings)]
+    same, other = [], []
+    for _ in range(trials):
+        runs = {name: draw() for name in names + ["dynamic"]}
+        elsewhere = {name: draw() for name in names}
+        same.append(paired_ratio(runs, min(names, key=lambda n: statistics.median(runs[n]))))
+        other.append(paired_ratio(runs, min(names, key=lambda n: statistics.median(elsewhere[n]))))
+    return statistics.median(same), statistics.median(other)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sigma", type=float, nargs="+", default=[0.03, 0.05, 0.1],
+                        help="noise per run, as the standard deviation of log(time) (default 0.03 0.05 0.1)")
+    parser.add_argument("--settings", type=int, default=4, help="fixed settings as fast as dynamic (default 4)")
+    parser.add_argument("--repeats", type=int, default=5, help="runs of each (default 5)")
+    parser.add_argument("--trials", type=int, default=2000, help="simulated benchmarks (default 2000)")
+    args = parser.parse_args(argv)
+    print(f"dynamic / best of {args.settings} equally fast settings, {args.repeats} runs each, "
+          f"median of {args.trials} trials")
+    for sigma in args.sigma:
+        same, other = simulate(sigma, args.settings, args.repeats, args.trials)
+        print(f"noise {sigma:.0%} per run: best chosen in the same runs {same:.3f}, in other runs {other:.3f}")
+
+
+if __name__ == "__main__":
+    main()
