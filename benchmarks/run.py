@@ -666,7 +666,8 @@ def markdown(report):
               "- **Environment**: " + _env_line(report["environment"]),
               f"- **Protocol**: {s['epochs']} epoch(s) of a training and a validation pass, batch {BATCH_SIZE}, "
               f"SGD lr {LR}, L2 {L2} on the weights; {s['repeats']} repeat(s) per configuration, each a fresh "
-              "process, repeats outermost; only `fit` is timed"
+              "process, repeats outermost (each in the table's order, every other one reversed); only `fit` "
+              "is timed"
               + ("; **quick mode** (smoke run)" if s["quick"] else ""),
               ""]
     if report.get("training"):
