@@ -234,7 +234,7 @@ TRANSCENDENTAL = {  # name: (mocrograd, NumPy in float64, input sampler)
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 def test_exp_log_pow_within_a_few_ulp(backend, dtype, shape, rng, assert_within):
     # glibc's exp/log/pow (which the kernels call, in float or double; the optimized
-    # float exp is a vector polynomial, within 1.01 ulp) are accurate to about 1 ulp,
+    # exps are vector polynomials, within 1.01 ulp) are accurate to about 1 ulp,
     # NumPy's float64 versions too: 4 ulp, i.e. 4 eps |exact|, bounds their difference
     # with room to spare.
     for name, (ours, exact, sample) in TRANSCENDENTAL.items():
@@ -245,15 +245,19 @@ def test_exp_log_pow_within_a_few_ulp(backend, dtype, shape, rng, assert_within)
         assert_within(got, expected, 4 * eps(dtype) * np.abs(expected), name)
 
 
-EXP_EDGES = [-np.inf, -1e30, -200.0, -104.0, -103.9, -100.0, -90.0, -87.5, -87.0, -1e-30, -0.0, 0.0,
-             1e-30, 50.0, 88.5, 88.72, 88.8, 100.0, 709.0, 710.0, 1e30, np.inf, np.nan]
+EXP_EDGES = [-np.inf, -1e30, -800.0, -746.0, -745.2, -745.1, -708.4, -200.0, -104.0, -103.9, -100.0, -90.0,
+             -87.5, -87.0, -1e-30, -0.0, 0.0, 1e-30, 50.0, 88.5, 88.72, 88.8, 100.0, 709.0, 709.78, 709.79,
+             710.0, 1e30, np.inf, np.nan]
+# where results turn subnormal or 0, and where they overflow, for each type
+EXP_RANGES = {np.float32: [(-104.5, -86.0), (88.0, 89.5)], np.float64: [(-746.5, -706.0), (708.0, 710.5)]}
 
 
 def test_exp_at_the_edges_of_the_float_range(backend, dtype, rng):
-    # inf, 0, NaN and subnormal results as exp gives them: float32's vector exp builds
-    # 2^n in two halves and clamps x to [-104, 89]; within 4 ulp, or 2 of the smallest
-    # subnormals where the result is subnormal
-    x = np.concatenate([EXP_EDGES, rng.uniform(-104.5, -86.0, 257), rng.uniform(88.0, 89.5, 37)])
+    # inf, 0, NaN and subnormal results as exp gives them: the vector exps build 2^n in
+    # two halves and clamp x (floats to [-104, 89], doubles to [-746, 710]); within 4
+    # ulp, or 2 of the smallest subnormals where the result is subnormal
+    (low, high), (over, past) = EXP_RANGES[dtype]
+    x = np.concatenate([EXP_EDGES, rng.uniform(low, high, 257), rng.uniform(over, past, 37)])
     x = x.astype(dtype).reshape(1, -1)
     got = Matrix(x).exp().numpy()
     with np.errstate(over="ignore"):
@@ -267,9 +271,9 @@ def test_exp_at_the_edges_of_the_float_range(backend, dtype, rng):
                   <= 4 * eps(dtype) * exact[finite] + 2 * tiny)
 
 
-def test_exp_of_a_value_does_not_depend_on_its_place_in_a_run(backend, rng):
+def test_exp_of_a_value_does_not_depend_on_its_place_in_a_run(backend, dtype, rng):
     # the vector exp pads a run's tail to a whole vector: the same value, the same result
-    x = rng.uniform(-30, 30, (3, 37)).astype(np.float32)
+    x = rng.uniform(-30, 30, (3, 37)).astype(dtype)
     whole = Matrix(x).exp().numpy()
     alone = np.array([[Matrix(x[i:i + 1, j:j + 1]).exp().numpy()[0, 0] for j in range(37)] for i in range(3)])
     np.testing.assert_array_equal(whole, alone)
