@@ -528,15 +528,14 @@ def worker_ratios(times, chosen_by=None):
     the same settings) where it has every setting, else in ``times``. A setting picked
     for its luck in the very runs it is then compared on makes the others look slower
     than they are: with four fixed settings as fast as dynamic and 5-10% noise per run,
-    dynamic came out 2-4.5% slower than the best of them (benchmarks/selection_bias.py). None
+    dynamic came out 2.3-4.7% slower than the best of them (benchmarks/selection_bias.py). None
     when no fixed worker count ran."""
     medians = {name: statistics.median(t.values()) for name, t in times.items() if t}
     fixed = [name for name in SETTINGS if name in medians and name != "dynamic"]
     if not fixed:
         return None
-    choice = medians
-    if chosen_by and all(chosen_by.get(name) for name in medians):
-        choice = {name: statistics.median(chosen_by[name].values()) for name in medians}
+    other = bool(chosen_by) and all(chosen_by.get(name) for name in medians)
+    choice = {name: statistics.median(chosen_by[name].values()) for name in medians} if other else medians
 
     def ratio(a, b):
         shared = sorted(set(times.get(a, ())) & set(times.get(b, ())))
@@ -546,7 +545,7 @@ def worker_ratios(times, chosen_by=None):
 
     best = min(choice, key=choice.get)
     best_fixed = min(fixed, key=choice.get)
-    return {"best": best, "best_fixed": best_fixed, "best_chosen_by": "other" if choice is not medians else "same",
+    return {"best": best, "best_fixed": best_fixed, "best_chosen_by": "other" if other else "same",
             "speedup_cores_over_1": ratio("optimized-1", "optimized-cores"),
             "vs_best": {name: ratio(name, best) for name in medians if name != best},
             "dynamic_vs_best_fixed": ratio("dynamic", best_fixed),

@@ -7,9 +7,10 @@ those same runs, and dynamic looks slower than it is: the best was chosen partly
 its luck. Choosing it in other runs (run.py takes the other measure's medians: fresh
 processes for the one-process rounds and the other way round) removes that.
 
-This simulates it: SETTINGS settings and dynamic, all equally fast, REPEATS runs each
-with log-normal noise of SIGMA; the median over TRIALS of the paired ratio dynamic /
-best, best chosen in the same runs or in a second, independent set.
+This simulates it with run.py's own rule (``worker_ratios``): SETTINGS of the fixed
+settings that run 2 threads, and dynamic, all equally fast, REPEATS runs each with
+log-normal noise of SIGMA; the median over TRIALS of the paired ratio dynamic / best
+fixed, best chosen in the same runs or in a second, independent set.
 
     python benchmarks/selection_bias.py --sigma 0.05 0.1
 """
@@ -18,23 +19,21 @@ import math
 import random
 import statistics
 
+from run import worker_ratios
 
-def paired_ratio(runs, best):
-    """Median over repeats of dynamic's time over the best setting's, repeat by repeat."""
-    return statistics.median(d / b for d, b in zip(runs["dynamic"], runs[best]))
+TWO_THREADS = ("optimized-10", "optimized-64", "optimized-256", "optimized-cores")   # on 2 cores
 
 
 def simulate(sigma, settings=4, repeats=5, trials=2000, seed=0):
     """(median ratio with the best chosen in the same runs, median with it chosen in others)."""
     rng = random.Random(seed)
-    draw = lambda: [math.exp(rng.gauss(0.0, sigma)) for _ in range(repeats)]
-    names = [f"fixed-{i}" for i in range(settings)]
+    draw = lambda: {r: math.exp(rng.gauss(0.0, sigma)) for r in range(1, repeats + 1)}
+    names = TWO_THREADS[:settings] + ("dynamic",)
     same, other = [], []
     for _ in range(trials):
-        runs = {name: draw() for name in names + ["dynamic"]}
-        elsewhere = {name: draw() for name in names}
-        same.append(paired_ratio(runs, min(names, key=lambda n: statistics.median(runs[n]))))
-        other.append(paired_ratio(runs, min(names, key=lambda n: statistics.median(elsewhere[n]))))
+        runs, elsewhere = {name: draw() for name in names}, {name: draw() for name in names}
+        same.append(worker_ratios(runs)["dynamic_vs_best_fixed"]["median"])
+        other.append(worker_ratios(runs, chosen_by=elsewhere)["dynamic_vs_best_fixed"]["median"])
     return statistics.median(same), statistics.median(other)
 
 
@@ -42,7 +41,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sigma", type=float, nargs="+", default=[0.03, 0.05, 0.1],
                         help="noise per run, as the standard deviation of log(time) (default 0.03 0.05 0.1)")
-    parser.add_argument("--settings", type=int, default=4, help="fixed settings as fast as dynamic (default 4)")
+    parser.add_argument("--settings", type=int, choices=range(1, len(TWO_THREADS) + 1), default=len(TWO_THREADS),
+                        help="fixed settings as fast as dynamic (default 4)")
     parser.add_argument("--repeats", type=int, default=5, help="runs of each (default 5)")
     parser.add_argument("--trials", type=int, default=2000, help="simulated benchmarks (default 2000)")
     args = parser.parse_args(argv)
