@@ -158,16 +158,23 @@ def _run_module():
     return run
 
 
-def test_repeats_alternate_the_order_of_the_configurations():
-    """Odd repeats run the table's order, even ones its reverse, so over two repeats every
-    configuration's positions add up to the same: a machine that slows down (or speeds
-    up) as a repeat goes on favours no configuration."""
+def test_repeats_come_in_pairs_of_a_shuffled_order_and_its_reverse():
+    """Within a pair of repeats every configuration's positions add up to the same, so a
+    machine that slows down (or speeds up) as a repeat goes on favours none; the shuffle
+    changes from pair to pair, so no configuration always follows the same one; and the
+    same seed gives the same orders."""
     run = _run_module()
     configs = run.configurations(2)
-    orders = [run.repeat_order(configs, repeat) for repeat in range(4)]
-    assert orders[0] == orders[2] == configs and orders[1] == orders[3] == configs[::-1]
-    positions = {name: sum(order.index((name, fields)) for order in orders[:2]) for name, fields in configs}
-    assert set(positions.values()) == {len(configs) - 1}
+    orders = [run.repeat_order(configs, repeat, seed=0) for repeat in range(6)]
+    for order in orders:
+        assert sorted(order, key=configs.index) == configs
+    for first, second in zip(orders[0::2], orders[1::2]):
+        assert second == first[::-1]
+        positions = {name: first.index((name, f)) + second.index((name, f)) for name, f in configs}
+        assert set(positions.values()) == {len(configs) - 1}
+    assert len({tuple(name for name, _ in order) for order in orders[0::2]}) == 3
+    assert orders == [run.repeat_order(configs, repeat, seed=0) for repeat in range(6)]
+    assert orders[0] != run.repeat_order(configs, 0, seed=1)
 
 
 def test_the_best_setting_is_chosen_by_the_other_measure():
