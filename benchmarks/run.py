@@ -352,10 +352,8 @@ def repeat_order(configs, repeat, seed=0):
     number), the second in its reverse. Over a pair every configuration's positions add
     up to the same, so a host that speeds up or slows down over a repeat favours none;
     and as the shuffle changes from pair to pair, no configuration always runs right
-    after the same one. (With the table's order kept, Bigger 8+2's 2-worker runs, always
-    between 256 workers and dynamic, took 5-7% longer per epoch than 10 workers on the
-    same two threads in two runs of 11 and 15 repeats, and not in other orders: whatever
-    the cause, a fixed neighbour repeats it in every repeat.)"""
+    after the same one: whatever a neighbour does to the next run (on a shared VM, not
+    settled here) is spread over the settings instead of repeated in every repeat."""
     shuffled = [configs[i] for i in np.random.default_rng([seed, repeat // 2]).permutation(len(configs))]
     return shuffled if repeat % 2 == 0 else shuffled[::-1]
 
