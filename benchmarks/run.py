@@ -688,6 +688,12 @@ def markdown(report):
                   "*other load* = "
                   "cores kept busy by other processes during the run (median over runs, from /proc/stat) and the "
                   "1-minute load average before the runs (min-max).", ""]
+        chosen = [r for network in report["training"].values()
+                  for r in (network.get("paired"), (network.get("alternated") or {}).get("ratios")) if r]
+        if chosen and all(r.get("best_chosen_by") == "other" for r in chosen):
+            lines += ["In the ratio tables under each network, the best settings are those with the lowest "
+                      "medians in the other measure (fresh processes and one process), so that their luck in "
+                      "the runs they are compared on does not count against the others.", ""]
         for key, network in report["training"].items():
             title, sizes = NETWORKS[network["model"]]
             lines += [f"### {title}{'' if key in NETWORKS else ', extra run ' + key} ({sizes}): "
@@ -783,9 +789,6 @@ def _ratio_lines(p, cores, caption):
     lines += [f"| {name} / best setting ({p['best']}) | {fmt(r)} |" for name, r in p["vs_best"].items()]
     lines += [f"| dynamic / best fixed worker count ({p['best_fixed']}) | {fmt(p['dynamic_vs_best_fixed'])} |",
               f"| dynamic / optimized-1 | {fmt(p['dynamic_vs_1'])} |"]
-    if p.get("best_chosen_by") == "other":
-        lines += ["", "The best settings are those with the lowest medians in the other measure (fresh processes "
-                      "and one process), so that their luck in these runs does not count against the others."]
     return lines
 
 
