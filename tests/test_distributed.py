@@ -22,6 +22,9 @@ from mocrograd.distributed import INSTALL_HINT, ShardedLoader, share
 HAVE_MPI4PY = importlib.util.find_spec("mpi4py") is not None
 needs_mpi = pytest.mark.skipif(not HAVE_MPI4PY, reason="mpi4py is not installed (pip install 'mocrograd[mpi]')")
 TIMEOUT = 120
+# Open MPI's mpiexec refuses to start as root (as tests in a container often run)
+# unless both of these are set; MPICH ignores them.
+OPEN_MPI_AS_ROOT = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
 
 # Runs the training command with the given arguments and saves the last model's
 # parameters to PREFIX-RANK.npz. STOP_RANK/STOP_AFTER: that rank's Ctrl-C flag turns
@@ -72,6 +75,7 @@ def _run(tmp_path, prefix, args, ranks=None, env=None, timeout=TIMEOUT):
     if ranks is not None:
         command = [_mpiexec(), "-n", str(ranks), *command]
     full_env = {k: v for k, v in os.environ.items() if k not in ("MOCROGRAD_FAIL_RANK", "STOP_RANK")}
+    full_env.update(OPEN_MPI_AS_ROOT)
     full_env.update(env or {})
     return subprocess.run(command, cwd=tmp_path, env=full_env, capture_output=True, text=True, timeout=timeout)
 

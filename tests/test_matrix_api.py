@@ -2,12 +2,14 @@
 protocol, seeded constructors, result shapes, and every error path with the
 message it gives."""
 import gc
+import math
 
 import numpy as np
 import pytest
 
 import mocrograd
 from mocrograd import Matrix
+from mocrograd._core import machine_memory
 
 # ------------------------------------------------------------ construction
 
@@ -147,6 +149,23 @@ def test_constructors_reject_empty_shapes(make, rows, cols):
 def test_constructors_reject_shapes_too_large_to_allocate(make):
     with pytest.raises(MemoryError, match=r"shape \(1099511627776, 1099511627776\) is too large to allocate"):
         make(2 ** 40, 2 ** 40)
+
+
+@pytest.mark.parametrize("make", [Matrix.zeros, lambda rows, cols: Matrix.full(rows, cols, 1.0), Matrix.rand,
+                                  Matrix.randn], ids=["zeros", "full", "rand", "randn"])
+def test_constructors_refuse_matrices_larger_than_ram_and_swap(make):
+    """Where the OS overcommits memory, such a request would be granted and the process
+    killed as the matrix is filled: it gets a MemoryError instead, on every machine."""
+    rows = machine_memory() // (4 * 1024) + 1          # one row more than RAM and swap hold
+    with pytest.raises(MemoryError, match=rf"shape \({rows}, 1024\) is too large for this machine: float32 needs"):
+        make(rows, 1024)
+
+
+def test_a_product_larger_than_the_machine_is_refused_before_any_kernel_runs(each_backend):
+    n = math.isqrt(machine_memory() // 4) + 1         # an outer product of two small vectors
+    column, row = Matrix.full(n, 1, 1.0), Matrix.full(1, n, 1.0)
+    with pytest.raises(MemoryError, match=rf"shape \({n}, {n}\) is too large"):
+        column @ row
 
 
 # ------------------------------------------------------------ constructors

@@ -10,9 +10,9 @@ Modules:
 """
 from . import build_config
 from .matrix import Matrix, argmax, chunks_for_work, get_backend_state, idle_bytes, large_allocations, \
-    release_memory, set_backend_state
+    machine_memory, release_memory, set_backend_state
 from .parallel import DEFAULT_GRAIN, cpu_count, machine_contended, openmp_enabled, other_load
 
 __all__ = ["DEFAULT_GRAIN", "Matrix", "argmax", "build_config", "chunks_for_work", "cpu_count", "get_backend_state",
-           "idle_bytes", "large_allocations", "machine_contended", "openmp_enabled", "other_load", "release_memory",
-           "set_backend_state"]
+           "idle_bytes", "large_allocations", "machine_contended", "machine_memory", "openmp_enabled", "other_load",
+           "release_memory", "set_backend_state"]

@@ -14,6 +14,7 @@ from cython cimport floating
 from libc.math cimport isfinite
 from libc.stdlib cimport free, malloc
 import numbers
+import os
 
 import numpy as np
 
@@ -249,6 +250,44 @@ cdef _check_shape(Py_ssize_t rows, Py_ssize_t cols):
         raise MemoryError(f"a Matrix of shape ({rows}, {cols}) is too large to allocate")
 
 
+def _machine_memory():
+    """Bytes of RAM plus swap on this machine (PY_SSIZE_T_MAX where it cannot be read)."""
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return PY_SSIZE_T_MAX
+    swap = 0
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("SwapTotal:"):
+                    swap = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return min(ram + swap, PY_SSIZE_T_MAX)
+
+
+# Where the kernel overcommits memory (vm.overcommit_memory=1, common on big servers),
+# malloc of 4 TiB succeeds and the process is killed by the OS once the matrix is
+# filled. Every element of a dense matrix gets written, so a request larger than RAM
+# plus swap is refused up front with a MemoryError instead.
+cdef Py_ssize_t _memory_limit = _machine_memory()
+
+
+def machine_memory():
+    """Bytes of RAM plus swap, read at import: the largest matrix the core will allocate."""
+    return _memory_limit
+
+
+cdef _check_fits_memory(Py_ssize_t rows, Py_ssize_t cols, bint is64):
+    """MemoryError for a matrix larger than the machine's RAM and swap (shape already checked)."""
+    cdef Py_ssize_t nbytes = rows * cols * (8 if is64 else 4)
+    if nbytes > _memory_limit:
+        raise MemoryError(f"a Matrix of shape ({rows}, {cols}) is too large for this machine: "
+                          f"{'float64' if is64 else 'float32'} needs {nbytes / 2 ** 30:.1f} GiB, "
+                          f"RAM and swap hold {_memory_limit / 2 ** 30:.1f} GiB")
+
+
 cdef Matrix _wrap(object array):
     """A Matrix around an ndarray already known to be 2-D, C-contiguous, float32/64, non-empty."""
     cdef Matrix m = Matrix.__new__(Matrix)
@@ -285,29 +324,37 @@ cdef extern from *:
     #include <sys/mman.h>
     #include <unistd.h>
     #ifndef MADV_POPULATE_WRITE
-    #define MADV_POPULATE_WRITE 23   /* Linux 5.14; older kernels answer EINVAL: nothing happens */
+    #define MADV_POPULATE_WRITE 23   /* Linux 5.14; older kernels answer EINVAL */
     #endif
     #endif
-    /* madvise(advice) on the whole pages inside [p, p + n). Best effort: a no-op off Linux. */
-    static void mocro_advise(void* p, size_t n, int advice) {
+    /* madvise(advice) on the whole pages inside [p, p + n): 0 when done, -1 when not
+       (an advice the kernel does not know, no whole page, not Linux). */
+    static int mocro_advise(void* p, size_t n, int advice) {
     #if defined(__linux__)
         uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
         uintptr_t start = ((uintptr_t)p + page - 1) & ~(page - 1), end = ((uintptr_t)p + n) & ~(page - 1);
-        if (end > start) (void)madvise((void*)start, end - start, advice);
+        if (end > start) return madvise((void*)start, end - start, advice);
     #endif
+        return -1;
     }
-    /* Map every page of [p, p + n) now, zero-filled and writable, in one system call
-       (pages already mapped stay as they are). */
+    /* Map every page of the zero-filled block [p, p + n) now: in one system call where
+       madvise(MADV_POPULATE_WRITE) succeeds, else (kernels before 5.14, other systems,
+       and a 16-core VM where a 64 MB zeros left RSS unchanged without this) by writing
+       a zero into each 4 KB of it. */
     static void mocro_populate(void* p, size_t n) {
+        volatile char* bytes = (volatile char*)p;
+        size_t i;
     #if defined(__linux__)
-        mocro_advise(p, n, MADV_POPULATE_WRITE);
+        if (mocro_advise(p, n, MADV_POPULATE_WRITE) == 0) return;
     #endif
+        for (i = 0; i < n; i += 4096) bytes[i] = 0;
+        if (n > 0) bytes[n - 1] = 0;
     }
     /* Ask for transparent huge pages on [p, p + n), as NumPy does for its large arrays:
        fewer page faults and TLB misses. */
     static void mocro_advise_huge(void* p, size_t n) {
     #if defined(__linux__) && defined(MADV_HUGEPAGE)
-        mocro_advise(p, n, MADV_HUGEPAGE);
+        (void)mocro_advise(p, n, MADV_HUGEPAGE);
     #endif
     }
     """
@@ -440,6 +487,7 @@ cdef Matrix _empty(Py_ssize_t rows, Py_ssize_t cols, bint is64, bint zeroed=Fals
     cdef Py_ssize_t nbytes = rows * cols * (8 if is64 else 4)
     cdef Matrix m
     cdef void* data
+    _check_fits_memory(rows, cols, is64)
     if nbytes >= LARGE_ALLOCATION:
         _large_allocations += 1
     if not zeroed and nbytes >= REUSE_BYTES:
@@ -548,12 +596,14 @@ cdef class Matrix:
     def rand(Py_ssize_t rows, Py_ssize_t cols, seed=None, dtype=None):
         """Uniform [0, 1) values from ``np.random.default_rng(seed)``."""
         _check_shape(rows, cols)
+        _check_fits_memory(rows, cols, _as_dtype(dtype) == _FLOAT64)
         return _wrap(np.random.default_rng(seed).random((rows, cols), dtype=_as_dtype(dtype)))
 
     @staticmethod
     def randn(Py_ssize_t rows, Py_ssize_t cols, seed=None, dtype=None):
         """Standard normal values from ``np.random.default_rng(seed)``."""
         _check_shape(rows, cols)
+        _check_fits_memory(rows, cols, _as_dtype(dtype) == _FLOAT64)
         return _wrap(np.random.default_rng(seed).standard_normal((rows, cols), dtype=_as_dtype(dtype)))
 
     # -- properties

@@ -504,6 +504,7 @@ cdef enum:
                          # 4096 x 8192 layer at batch 8 ran 1.2x slower on 1 worker and 1.3x on 2, and
                          # 2 KB runs 1.3x and 1.8x slower than that
     THIN_RUN = 1024      # the fewest output rows a chunk of the transposed thin kernel gets (4 KB runs of A)
+    THIN_RUN_SHORT = 256 # ... or this few, when fewer than one chunk per thread would have THIN_RUN rows
     SUM_PAD = 64         # bytes from the sums' row stride to a multiple of 4 KB (see _matmul_thin)
     THIN_ROWS = 8        # rows of A per transposed thin call (running sums loaded and stored once per call;
                          # 32 rows at once read 32 short runs side by side and ran 2x slower)
@@ -732,10 +733,14 @@ cdef int _matmul_thin(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* 
     # the 4096 x 8192 layer at batch 8 into 8 chunks of 4 KB runs instead of 2 of 16 KB,
     # and ran it 11% slower than 2 workers. The chunks are handed out on demand
     # (pieces_for): at 32 columns the longest runs are 1024 rows, so dX of that layer
-    # is 8 of them, and a thread on a slowed core takes fewer.
+    # is 8 of them, and a thread on a slowed core takes fewer. Where THIN_RUN rows a
+    # chunk would leave threads idle, chunks get as few as THIN_RUN_SHORT: on 16 cores
+    # dX of the 2048 x 4096 layer at batch 32 ran as 4 chunks (295 GFLOP/s from 4
+    # threads up to 16, half of NumPy's).
     cdef Py_ssize_t run = THIN_SUMS // J   # the longest run of A's rows a transposed chunk takes at once
-    cdef Py_ssize_t most = min(m // THIN_RUN, max(<Py_ssize_t>threads_for(workers), (m + run - 1) // run)) \
-        if trans_a else m // R
+    cdef Py_ssize_t threads = threads_for(workers)
+    cdef Py_ssize_t least = THIN_RUN if m >= threads * THIN_RUN else max(THIN_RUN_SHORT, m // threads)
+    cdef Py_ssize_t most = min(m // least, max(threads, (m + run - 1) // run)) if trans_a else m // R
     cdef int chunks = pieces_for(workers, most, <double>m * n * k)
     # per chunk: R x J dot products, or J running sums for each of up to `run` rows
     cdef Py_ssize_t rows = min(run, (m + chunks - 1) // chunks) if trans_a else R
