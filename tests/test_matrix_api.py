@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 import mocrograd
-from mocrograd import Matrix
-from mocrograd._core import machine_memory
+from mocrograd import Matrix, machine_memory
 
 # ------------------------------------------------------------ construction
 
