@@ -338,9 +338,8 @@ cdef extern from *:
         return -1;
     }
     /* Map every page of the zero-filled block [p, p + n) now: in one system call where
-       madvise(MADV_POPULATE_WRITE) succeeds, else (kernels before 5.14, other systems,
-       and a 16-core VM where a 64 MB zeros left RSS unchanged without this) by writing
-       a zero into each 4 KB of it. */
+       madvise(MADV_POPULATE_WRITE) succeeds, else (kernels before 5.14, other systems)
+       by writing a zero into each 4 KB of it. */
     static void mocro_populate(void* p, size_t n) {
         volatile char* bytes = (volatile char*)p;
         size_t i;
