@@ -54,6 +54,10 @@ from .tensor import Tensor
 FAIL_RANK_ENV = "MOCROGRAD_FAIL_RANK"
 
 INSTALL_HINT = "--distributed needs mpi4py and an MPI library: pip install 'mocrograd[mpi]' (mpi4py and mpich)"
+# Seconds between a failing rank's message and MPI_Abort. mpiexec forwards each rank's
+# stderr through a pipe, and the abort can end that forwarding before it has read the
+# line, flushed or not: once in a CI run on a fully loaded machine the message was lost.
+ABORT_GRACE = 0.5
 
 __all__ = ["Distributed", "DistributedOptimizer", "ShardedLoader", "share", "start", "INSTALL_HINT"]
 
@@ -201,13 +205,15 @@ class Distributed:
             self.abort(f"{type(error).__name__}: {error}", code)
 
     def abort(self, message, code=1):
-        """Print ``rank K: message`` on stderr and end every rank of the job with status ``code``."""
+        """Print ``rank K: message`` on stderr, give mpiexec ABORT_GRACE seconds to pass it on,
+        and end every rank of the job with status ``code``."""
         sys.stdout.flush()
         print(f"rank {self.rank}: {message}", file=sys.stderr, flush=True)
         if os.environ.get("MOCROGRAD_TRACEBACK") and sys.exc_info()[0] is not None:
             import traceback
             traceback.print_exc()
             sys.stderr.flush()
+        time.sleep(ABORT_GRACE)
         self.comm.Abort(code)
 
 
