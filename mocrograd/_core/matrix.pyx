@@ -279,13 +279,15 @@ def machine_memory():
     return _memory_limit
 
 
-cdef _check_fits_memory(Py_ssize_t rows, Py_ssize_t cols, bint is64):
-    """MemoryError for a matrix larger than the machine's RAM and swap (shape already checked)."""
+cdef Py_ssize_t _bytes_that_fit(Py_ssize_t rows, Py_ssize_t cols, bint is64) except -1:
+    """The bytes of a rows x cols matrix (shape already checked); MemoryError when that is
+    more than the machine's RAM and swap."""
     cdef Py_ssize_t nbytes = rows * cols * (8 if is64 else 4)
     if nbytes > _memory_limit:
         raise MemoryError(f"a Matrix of shape ({rows}, {cols}) is too large for this machine: "
                           f"{'float64' if is64 else 'float32'} needs {nbytes / 2 ** 30:.1f} GiB, "
                           f"RAM and swap hold {_memory_limit / 2 ** 30:.1f} GiB")
+    return nbytes
 
 
 cdef Matrix _wrap(object array):
@@ -483,10 +485,9 @@ cdef object _reused_array(Py_ssize_t rows, Py_ssize_t cols, bint is64, Py_ssize_
 
 cdef Matrix _empty(Py_ssize_t rows, Py_ssize_t cols, bint is64, bint zeroed=False):
     global _large_allocations
-    cdef Py_ssize_t nbytes = rows * cols * (8 if is64 else 4)
+    cdef Py_ssize_t nbytes = _bytes_that_fit(rows, cols, is64)
     cdef Matrix m
     cdef void* data
-    _check_fits_memory(rows, cols, is64)
     if nbytes >= LARGE_ALLOCATION:
         _large_allocations += 1
     if not zeroed and nbytes >= REUSE_BYTES:
@@ -595,14 +596,14 @@ cdef class Matrix:
     def rand(Py_ssize_t rows, Py_ssize_t cols, seed=None, dtype=None):
         """Uniform [0, 1) values from ``np.random.default_rng(seed)``."""
         _check_shape(rows, cols)
-        _check_fits_memory(rows, cols, _as_dtype(dtype) == _FLOAT64)
+        _bytes_that_fit(rows, cols, _as_dtype(dtype) == _FLOAT64)
         return _wrap(np.random.default_rng(seed).random((rows, cols), dtype=_as_dtype(dtype)))
 
     @staticmethod
     def randn(Py_ssize_t rows, Py_ssize_t cols, seed=None, dtype=None):
         """Standard normal values from ``np.random.default_rng(seed)``."""
         _check_shape(rows, cols)
-        _check_fits_memory(rows, cols, _as_dtype(dtype) == _FLOAT64)
+        _bytes_that_fit(rows, cols, _as_dtype(dtype) == _FLOAT64)
         return _wrap(np.random.default_rng(seed).standard_normal((rows, cols), dtype=_as_dtype(dtype)))
 
     # -- properties
