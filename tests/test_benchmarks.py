@@ -313,3 +313,21 @@ def test_ab_rejects_a_bad_setting(tmp_path):
     done = subprocess.run([sys.executable, str(BENCH / "ab.py"), "fast:2"], capture_output=True, text=True,
                           cwd=tmp_path)
     assert done.returncode == 2 and "expected BACKEND or BACKEND:WORKERS" in done.stderr
+
+
+def test_phases_times_each_part_of_a_step_per_worker_count(tmp_path):
+    done = _run([sys.executable, str(BENCH / "phases.py"), "--model", "normal", "--length", "40", "--rounds", "2",
+                 "1", "2"], cwd=tmp_path)
+    header, *rows = done.stdout.splitlines()[1:]
+    assert header.split() == ["workers", "forward", "backward", "step", "eval", "sum", "speed-up"]
+    assert [row.split()[0] for row in rows] == ["1", "2"]
+    for row in rows:
+        *phases, total, speedup = [float(v) for v in row.split()[1:]]
+        assert all(ms > 0 for ms in phases) and total == pytest.approx(sum(phases), abs=0.02)
+    assert float(rows[0].split()[-1]) == 1.0
+
+
+def test_phases_rejects_zero_workers(tmp_path):
+    done = subprocess.run([sys.executable, str(BENCH / "phases.py"), "0"], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert done.returncode == 2 and "at least 1" in done.stderr

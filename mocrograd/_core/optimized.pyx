@@ -133,9 +133,13 @@ cdef extern from *:
     #if defined(__GNUC__) && !defined(__clang__)
     #define MOCRO_CONTRACT __attribute__((optimize("fp-contract=fast")))
     #define MOCRO_UNROLL _Pragma("GCC unroll 16")
+    /* The thin axpy's loops over its up to 28 running sums: unrolled only 16 times they
+       kept the sums in memory, and dX at a batch of 24 ran 1.7x slower than padded to 32. */
+    #define MOCRO_UNROLL_SUMS _Pragma("GCC unroll 32")
     #else
     #define MOCRO_CONTRACT
     #define MOCRO_UNROLL
+    #define MOCRO_UNROLL_SUMS
     #endif
     MOCRO_BOTH_TYPES(MOCRO_TILE, mocro_wide_tile, 2, MOCRO_TILE_AHEAD)
     MOCRO_BOTH_TYPES(MOCRO_TILE, mocro_narrow_tile, 1, 0)
@@ -190,7 +194,10 @@ cdef extern from *:
        per call, so the running sums t are loaded and stored once per call. The sums
        of S columns at a time live in registers: 32 columns (a batch of 32) run as two
        passes of 16 over each vector of A's rows, which the first pass left in L1
-       (32 sums and the vector of A would take 33 of the 32 registers). From 8
+       (32 sums and the vector of A would take 33 of the 32 registers). 17-31 columns
+       are padded to 20, 24 or 28 (not 32), each one pass with AVX-512 (MOCRO_WIDE_S):
+       dX of Bigger's middle layers at a batch of 26 (its 32 examples less the 6 held
+       out) had spent 6 of every 32 multiply-adds on zero columns. From 8
        columns on, each row's line MOCRO_AXPY_AHEAD bytes ahead is asked for as
        the first pass reads a vector of it: dX of Bigger's two large layers ran
        1.1-1.6x faster at a batch of 16 and 32 on the Intel Xeon (1-2 workers),
@@ -205,15 +212,15 @@ cdef extern from *:
         int j, h;                                                                      \
         for (; i + W <= w; i += W) {                                                   \
             for (h = 0; h < J; h += S) {                                               \
-                MOCRO_UNROLL for (j = 0; j < S; j++)                                   \
+                MOCRO_UNROLL_SUMS for (j = 0; j < S; j++)                              \
                     memcpy(&acc[j], t + (h + j) * ldt + i, sizeof x);                  \
                 for (p = 0; p < rows; p++) {                                           \
                     if (J >= 8 && h == 0)                                              \
                         __builtin_prefetch((const char*)(a + p * lda + i) + MOCRO_AXPY_AHEAD, 0, 3); \
                     memcpy(&x, a + p * lda + i, sizeof x);                             \
-                    MOCRO_UNROLL for (j = 0; j < S; j++) acc[j] += x * b[p * J + h + j]; \
+                    MOCRO_UNROLL_SUMS for (j = 0; j < S; j++) acc[j] += x * b[p * J + h + j]; \
                 }                                                                      \
-                MOCRO_UNROLL for (j = 0; j < S; j++)                                   \
+                MOCRO_UNROLL_SUMS for (j = 0; j < S; j++)                              \
                     memcpy(t + (h + j) * ldt + i, &acc[j], sizeof x);                  \
             }                                                                          \
         }                                                                              \
@@ -253,9 +260,17 @@ cdef extern from *:
     MOCRO_BOTH_TYPES(MOCRO_THIN_AXPY, mocro_thin_axpy1, 1, 1)
     MOCRO_BOTH_TYPES(MOCRO_THIN_AXPY, mocro_thin_axpy8, 8, 8)
     MOCRO_BOTH_TYPES(MOCRO_THIN_AXPY, mocro_thin_axpy16, 16, 16)
+    #if MOCRO_VEC_BYTES == 64
+    #define MOCRO_WIDE_S(J) (J)
+    #else
+    #define MOCRO_WIDE_S(J) ((J) / 2)
+    #endif
+    MOCRO_BOTH_TYPES(MOCRO_THIN_AXPY, mocro_thin_axpy20, 20, MOCRO_WIDE_S(20))
+    MOCRO_BOTH_TYPES(MOCRO_THIN_AXPY, mocro_thin_axpy24, 24, MOCRO_WIDE_S(24))
+    MOCRO_BOTH_TYPES(MOCRO_THIN_AXPY, mocro_thin_axpy28, 28, MOCRO_WIDE_S(28))
     MOCRO_BOTH_TYPES(MOCRO_THIN_AXPY, mocro_thin_axpy32, 32, 16)
     /* One entry point per kernel and type: J = 1, 4 (4 or 8 rows) or 8 columns (dot),
-       1, 4, 8, 16 or 32 (axpy). */
+       1, 4, 8, 16, 20, 24, 28 or 32 (axpy). */
     #define MOCRO_THIN_ENTRIES(SUF, T)                                                 \
     static void mocro_thin_dot_##SUF(Py_ssize_t J, Py_ssize_t k, const T* a,           \
                                      Py_ssize_t lda, const T* bt, T* sums) {           \
@@ -271,6 +286,9 @@ cdef extern from *:
         else if (J == 4) mocro_thin_axpy4_##SUF(w, ldt, rows, a, lda, b, t);           \
         else if (J == 8) mocro_thin_axpy8_##SUF(w, ldt, rows, a, lda, b, t);           \
         else if (J == 16) mocro_thin_axpy16_##SUF(w, ldt, rows, a, lda, b, t);         \
+        else if (J == 20) mocro_thin_axpy20_##SUF(w, ldt, rows, a, lda, b, t);         \
+        else if (J == 24) mocro_thin_axpy24_##SUF(w, ldt, rows, a, lda, b, t);         \
+        else if (J == 28) mocro_thin_axpy28_##SUF(w, ldt, rows, a, lda, b, t);         \
         else mocro_thin_axpy32_##SUF(w, ldt, rows, a, lda, b, t);                      \
     }
     MOCRO_THIN_ENTRIES(f32, float)
@@ -721,10 +739,11 @@ cdef int _matmul_thin(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* 
     n <= THIN_T (THIN_T_DEEP if deep and tall) when op(A) = A^T, rows of the output
     cut into ``workers`` chunks or more (pieces_for), fewer for small outputs (see
     below). op(B) is copied into a zero-padded buffer of J columns (1 for a vector,
-    else 4, 8, 16 or 32; k x J, or transposed to J x k for the dot products); each
+    else 4, 8, 16, 20, 24, 28 or 32; k x J, or transposed to J x k for the dot products); each
     output element is one sum in an order fixed by the shape. Returns -1 (out
     untouched) when the buffers cannot be allocated."""
-    cdef Py_ssize_t J = 1 if n == 1 else 4 if n <= 4 else 8 if n <= 8 else 16 if n <= 16 else 32
+    # columns of sums: n <= 32 padded to 1, 4, 8, 16, or (transposed) the next multiple of 4
+    cdef Py_ssize_t J = 1 if n == 1 else 4 if n <= 4 else 8 if n <= 8 else 16 if n <= 16 else (n + 3) // 4 * 4
     cdef Py_ssize_t R = DOT_ROWS(J)
     # A chunk gets at least a row group (dot products) or THIN_RUN rows (transposed:
     # fewer would read A in short, scattered runs), so 256 workers on a small output
@@ -737,7 +756,8 @@ cdef int _matmul_thin(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* 
     # chunk would leave threads idle, chunks get as few as THIN_RUN_SHORT: on 16 cores
     # dX of the 2048 x 4096 layer at batch 32 ran as 4 chunks (295 GFLOP/s from 4
     # threads up to 16, half of NumPy's).
-    cdef Py_ssize_t run = THIN_SUMS // J   # the longest run of A's rows a transposed chunk takes at once
+    # the longest run of A's rows a transposed chunk takes at once, in whole vectors
+    cdef Py_ssize_t run = THIN_SUMS // J // 16 * 16
     cdef Py_ssize_t threads = threads_for(workers)
     cdef Py_ssize_t least = THIN_RUN if m >= threads * THIN_RUN else max(THIN_RUN_SHORT, m // threads)
     cdef Py_ssize_t most = min(m // least, max(threads, (m + run - 1) // run)) if trans_a else m // R
