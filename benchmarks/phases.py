@@ -22,7 +22,7 @@ import numpy as np
 
 import mocrograd
 from mocrograd import Tensor, nn, no_grad
-from mocrograd.data import DataLoader, load_digits
+from mocrograd.data import DIGITS, DataLoader, load_digits
 from mocrograd.nn import build_model
 from mocrograd.train import l2_groups, make_optimizer
 
@@ -77,6 +77,8 @@ def main(argv=None):
     workers = args.workers or sorted({1, mocrograd.cpu_count()})
     if args.rounds < 1 or any(w < 1 for w in workers):
         parser.error("--rounds and every worker count must be at least 1")
+    if not 3 <= args.length <= DIGITS:   # 3 digits: 2 to train on and 1 to evaluate
+        parser.error(f"--length must be from 3 to {DIGITS}, got {args.length}")
     medians = measure(args.model, args.length, args.rounds, workers)
     base = medians[workers[0]].sum()
     print(f"{args.model}, {args.length} digits, median ms of {args.rounds} alternated steps")

@@ -327,7 +327,8 @@ def test_phases_times_each_part_of_a_step_per_worker_count(tmp_path):
     assert float(rows[0].split()[-1]) == 1.0
 
 
-def test_phases_rejects_zero_workers(tmp_path):
-    done = subprocess.run([sys.executable, str(BENCH / "phases.py"), "0"], capture_output=True, text=True,
+@pytest.mark.parametrize("args, message", [(["0"], "at least 1"), (["--length", "2"], "from 3 to 1797")])
+def test_phases_rejects_bad_settings(tmp_path, args, message):
+    done = subprocess.run([sys.executable, str(BENCH / "phases.py"), *args], capture_output=True, text=True,
                           cwd=tmp_path)
-    assert done.returncode == 2 and "at least 1" in done.stderr
+    assert done.returncode == 2 and message in done.stderr
