@@ -323,7 +323,8 @@ def test_phases_times_each_part_of_a_step_per_worker_count(tmp_path):
     assert [row.split()[0] for row in rows] == ["1", "2"]
     for row in rows:
         *phases, total, speedup = [float(v) for v in row.split()[1:]]
-        assert all(ms > 0 for ms in phases) and total == pytest.approx(sum(phases), abs=0.02)
+        # each of the five printed numbers is rounded to 0.01
+        assert all(ms > 0 for ms in phases) and total == pytest.approx(sum(phases), abs=0.03)
     assert float(rows[0].split()[-1]) == 1.0
 
 

@@ -27,7 +27,7 @@ SHAPES = [
     (4500, 20, 1), (37, 9, 4), (600, 50, 13), (301, 70, 6), (11, 17, 16), (1600, 30, 8), (9000, 10, 1),
     (2100, 7, 3), (4500, 20, 10), (2050, 1030, 29), (37, 130, 4), (2100, 129, 3), (301, 400, 6),
     (1600, 385, 8), (53, 127, 2),
-    # 17-31 columns of op(A) = A^T padded to 20, 24 and 28 running sums (26: Bigger's batch of 26)
+    # 17-28 columns of op(A) = A^T padded to 20, 24 and 28 running sums (26: Bigger's batch of 26)
     (2049, 1024, 17), (2050, 1030, 22), (2100, 1031, 26),
     # one strip of B packed whole, several k-blocks per row tile: narrow and wide tiles, an edge tile
     (301, 2100, 9), (25, 1500, 20), (130, 1300, 32),

@@ -194,7 +194,7 @@ cdef extern from *:
        per call, so the running sums t are loaded and stored once per call. The sums
        of S columns at a time live in registers: 32 columns (a batch of 32) run as two
        passes of 16 over each vector of A's rows, which the first pass left in L1
-       (32 sums and the vector of A would take 33 of the 32 registers). 17-31 columns
+       (32 sums and the vector of A would take 33 of the 32 registers). 17-28 columns
        are padded to 20, 24 or 28 (not 32), each one pass with AVX-512 (MOCRO_WIDE_S):
        dX of Bigger's middle layers at a batch of 26 (its 32 examples less the 6 held
        out) had spent 6 of every 32 multiply-adds on zero columns. From 8
