@@ -53,15 +53,12 @@ def measure(model_name, length, rounds, workers, seed=0):
     batch = next(iter(DataLoader(train, 32)))
     val_x = next(iter(DataLoader(val, 32)))[0]
     times = {w: [] for w in workers}
-    try:
-        for timed in [False] + [True] * rounds:
-            for w in workers:
-                mocrograd.set_backend("optimized", w)
+    for timed in [False] + [True] * rounds:
+        for w in workers:
+            with mocrograd.backend("optimized", w):
                 ms = step_phases(model, opt, batch, val_x)
-                if timed:
-                    times[w].append(ms)
-    finally:
-        mocrograd.set_backend("dynamic")
+            if timed:
+                times[w].append(ms)
     return {w: np.median(np.array(t), axis=0) for w, t in times.items()}
 
 

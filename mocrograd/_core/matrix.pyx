@@ -596,15 +596,17 @@ cdef class Matrix:
     def rand(Py_ssize_t rows, Py_ssize_t cols, seed=None, dtype=None):
         """Uniform [0, 1) values from ``np.random.default_rng(seed)``."""
         _check_shape(rows, cols)
-        _bytes_that_fit(rows, cols, _as_dtype(dtype) == _FLOAT64)
-        return _wrap(np.random.default_rng(seed).random((rows, cols), dtype=_as_dtype(dtype)))
+        dtype = _as_dtype(dtype)
+        _bytes_that_fit(rows, cols, dtype == _FLOAT64)
+        return _wrap(np.random.default_rng(seed).random((rows, cols), dtype=dtype))
 
     @staticmethod
     def randn(Py_ssize_t rows, Py_ssize_t cols, seed=None, dtype=None):
         """Standard normal values from ``np.random.default_rng(seed)``."""
         _check_shape(rows, cols)
-        _bytes_that_fit(rows, cols, _as_dtype(dtype) == _FLOAT64)
-        return _wrap(np.random.default_rng(seed).standard_normal((rows, cols), dtype=_as_dtype(dtype)))
+        dtype = _as_dtype(dtype)
+        _bytes_that_fit(rows, cols, dtype == _FLOAT64)
+        return _wrap(np.random.default_rng(seed).standard_normal((rows, cols), dtype=dtype))
 
     # -- properties
     @property
