@@ -20,6 +20,8 @@ import subprocess
 import sys
 import tempfile
 
+from mocrograd.train import HelpFormatter
+
 
 def setting(text):
     backend, _, workers = text.partition(":")
@@ -43,7 +45,7 @@ def train_seconds(model, length, epochs, backend, workers):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("settings", nargs="+", type=setting, metavar="SETTING")
     parser.add_argument("--model", default="bigger", choices=["normal", "longer", "bigger"])
     parser.add_argument("--length", type=int, default=10, help="examples (the original gives Bigger 1000/100)")

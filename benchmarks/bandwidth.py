@@ -30,6 +30,8 @@ import numpy as np
 import mocrograd
 from mocrograd import Matrix
 
+from mocrograd.train import HelpFormatter
+
 
 def passes(w, rng):
     """(name, bytes moved, call) for every pass over w."""
@@ -83,7 +85,7 @@ def table(results):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--rows", type=int, default=4096, help="rows of W (Bigger's largest weight: 4096)")
     parser.add_argument("--cols", type=int, default=8192, help="columns of W (Bigger's largest weight: 8192)")
     parser.add_argument("--repeats", type=int, default=15, help="calls of each pass per worker count")

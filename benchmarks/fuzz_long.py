@@ -21,6 +21,8 @@ import subprocess
 import sys
 import time
 
+from mocrograd.train import HelpFormatter
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(ROOT, "tests")
 
@@ -37,7 +39,7 @@ def run_round(examples, seed, extra):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--examples", type=int, default=20000, help="examples per test and round")
     parser.add_argument("--minutes", type=float, default=0.0,
                         help="keep starting new rounds until this much time has passed (0: --rounds rounds)")

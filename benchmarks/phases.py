@@ -24,7 +24,7 @@ import mocrograd
 from mocrograd import Tensor, nn, no_grad
 from mocrograd.data import DIGITS, DataLoader, load_digits
 from mocrograd.nn import build_model
-from mocrograd.train import l2_groups, make_optimizer
+from mocrograd.train import HelpFormatter, l2_groups, make_optimizer
 
 PHASES = ("forward", "backward", "step", "eval")
 
@@ -64,7 +64,7 @@ def measure(model_name, length, rounds, workers, seed=0):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("workers", nargs="*", type=int, metavar="WORKERS",
                         help="worker counts to compare (default: 1 and this machine's cores)")
     parser.add_argument("--model", choices=("normal", "longer", "bigger"), default="bigger")

@@ -34,6 +34,8 @@ import sys
 import tempfile
 import time
 
+from mocrograd.train import HelpFormatter
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_OUT = os.path.join(HERE, "results", "scaling.json")
 # model -> (examples, timed steps, warm-up steps). Bigger: one global batch of 32 examples.
@@ -205,7 +207,7 @@ def model_table(summary, model="bigger"):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--models", default="normal,bigger", help="comma-separated: normal, longer, bigger")
     parser.add_argument("--ranks", default="1,2", help="comma-separated rank counts")
     parser.add_argument("--repeats", type=int, default=3, help="launches of each (model, ranks)")

@@ -292,6 +292,17 @@ positive_float = _bounded(float, "a number", ">", 0)
 nonnegative_float = _bounded(float, "a number", ">=", 0)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's "(default: X)" after each option's help, but only where there is an X
+    to show: not after flags (default False), options without a value (None), or help
+    that already names its default (argparse would print "(default 10) (default: None)")."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser():
     parser = _Parser(
         prog="python -m mocrograd.train",
@@ -299,7 +310,7 @@ def build_parser():
         epilog="With --model all, Normal trains on LENGTH examples, Longer on LENGTH/10 and Bigger on "
                "LENGTH/100 (at least 1), as in the original library; a single model trains on LENGTH. "
                "The last 20% of the examples are the validation set (in order unless --shuffle).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument("epochs_pos", nargs="?", type=positive_int, metavar="EPOCHS",
                         help="epochs (same as --epochs; default 10)")
     parser.add_argument("length_pos", nargs="?", type=positive_int, metavar="LENGTH",

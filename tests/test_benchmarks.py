@@ -333,3 +333,14 @@ def test_phases_rejects_bad_settings(tmp_path, args, message):
     done = subprocess.run([sys.executable, str(BENCH / "phases.py"), *args], capture_output=True, text=True,
                           cwd=tmp_path)
     assert done.returncode == 2 and message in done.stderr
+
+
+SCRIPTS_WITH_OPTIONS = sorted(p.name for p in BENCH.glob("*.py") if "ArgumentParser(" in p.read_text())
+
+
+@pytest.mark.parametrize("script", SCRIPTS_WITH_OPTIONS)
+def test_every_benchmark_script_explains_its_options(tmp_path, script):
+    text = _run([sys.executable, str(BENCH / script), "--help"], tmp_path).stdout
+    assert text.startswith("usage:") and "options:" in text
+    # defaults shown only where there is one (not "default: None" after a path or a flag)
+    assert "default: None" not in text and "default: False" not in text, text

@@ -100,6 +100,9 @@ def test_help_documents_every_option_with_defaults(tmp_path):
         assert option in text
         if default is not None:
             assert re.search(re.escape(option) + r"\b.*?default:? " + re.escape(default), text), option
+    # no "(default: None)" after options without a value, nor a second default after one the help names
+    assert "default: None" not in text and "default: False" not in text
+    assert "(default 10) (default" not in text
 
 
 # ------------------------------------------------------------------ invalid arguments
