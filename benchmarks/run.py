@@ -103,7 +103,8 @@ def build_parser():
                              "scaled-down kernel shapes; every configuration still runs")
     parser.add_argument("--alternate-rounds", type=int, metavar="N",
                         help="rounds of the worker settings alternated in one process per network, after the "
-                             "fresh-process runs (default 6; quick 2; 0: none)")
+                             "fresh-process runs (default 15; quick 2; 0: none); about 3 minutes in all, and one "
+                             "round's ratios scatter by 10-25%% on a shared machine")
     parser.add_argument("--budget", type=float,
                         help="seconds of fit time one configuration may take over all its repeats: a slower one "
                              "(naive on Bigger) runs fewer repeats, at least one, noted in the table (default 300)")
@@ -129,7 +130,7 @@ def parse_args(argv=None):
     args.bigger_length = args.bigger_length or _env("BENCH_BIGGER_LENGTH", 3 if q else None)
     args.budget = args.budget if args.budget is not None else _env("BENCH_BUDGET", 300.0, float)
     if args.alternate_rounds is None:
-        args.alternate_rounds = _env("BENCH_ALTERNATE_ROUNDS", 2 if q else 6)
+        args.alternate_rounds = _env("BENCH_ALTERNATE_ROUNDS", 2 if q else 15)
     if args.alternate_rounds < 0:
         parser.error(f"--alternate-rounds must be >= 0, got {args.alternate_rounds}")
     args.out = args.out or os.environ.get("BENCH_OUT") or os.path.join(HERE, "results")
