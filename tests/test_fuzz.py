@@ -493,8 +493,9 @@ def test_in_place_and_two_operand_methods(data, backend, dtype, shape, op, misma
         }
         uses_other = op in ("axpy_", "copy_", "adam_", "sgd_", "relu_grad")
         uses_alpha = op in ("axpy_", "scale_", "fill_", "adam_", "sgd_")
-        # a number is accepted as a 1x1 Matrix, so it fits only a 1x1 target
-        number_fits = shape == (1, 1) and isinstance(other, numbers.Real)
+        # relu_grad takes a number as a 1x1 Matrix, so it fits only a 1x1 target; the
+        # in-place updates take a Matrix only (test_matrix_api: ..._take_a_matrix_not_a_number)
+        number_fits = op == "relu_grad" and shape == (1, 1) and isinstance(other, numbers.Real)
         must_fail = (uses_alpha and not numeric_alpha) or (uses_other and (
             mismatch in ("shape", "dtype") or (mismatch == "type" and not number_fits)))
         try:
