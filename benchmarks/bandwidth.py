@@ -29,7 +29,6 @@ import numpy as np
 
 import mocrograd
 from mocrograd import Matrix
-
 from mocrograd.train import HelpFormatter
 
 

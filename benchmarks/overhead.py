@@ -23,7 +23,6 @@ import numpy as np
 
 import mocrograd as mg
 from mocrograd import Tensor
-
 from mocrograd.train import HelpFormatter
 
 SHAPES = {"1x1": ((1, 1), (1, 1)), "64x32": ((64, 32), (32, 32))}   # (a, b) of the product
