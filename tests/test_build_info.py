@@ -45,3 +45,13 @@ def test_512_bit_vectors_are_asked_for_where_the_compiler_takes_it():
     if platform.machine().lower() not in ("x86_64", "amd64") or info["compiler"].split()[0] not in ("gcc", "clang"):
         pytest.skip("the flag is GCC's and Clang's, on x86")
     assert "-mprefer-vector-width=512" in info["c_args"]
+
+
+def test_gcc_fuses_every_multiply_add_the_kernels_ask_for():
+    # GCC tuned for AMD Zen leaves a multiply-add unfused where it feeds a chain of sums:
+    # a kernel's scalar tail then rounded unlike its vector body, and the transposed thin
+    # kernel's results changed with the worker count (docs/optimizations.md, "AMD Zen")
+    info = mg.build_info()
+    if info["compiler"].split()[0] != "gcc":
+        pytest.skip("the parameter is GCC's")
+    assert "--param=avoid-fma-max-bits=0" in info["c_args"]
