@@ -512,18 +512,15 @@ def test_in_place_and_two_operand_methods(data, backend, dtype, shape, op, misma
         # and a float32 array), naive does not: where alpha is subnormal in that dtype, that
         # rounding is one subnormal step, not a relative eps, so each bound allows it too
         tiny = float(np.finfo(dtype).smallest_subnormal)
+        a_max, x_max = float(np.abs(a64).max()), float(np.abs(x64).max())
         if op == "axpy_":
-            slack = 4 * eps(dtype) * (float(np.abs(a64).max()) + (abs(alpha) * float(np.abs(x64).max())
-                                                                   if math.isfinite(alpha) else 0.0))
-            slack += tiny * float(np.abs(x64).max())
+            slack = 4 * eps(dtype) * (a_max + (abs(alpha) * x_max if math.isfinite(alpha) else 0.0)) + tiny * x_max
             close(target, (a64 + alpha * x64).astype(dtype), rtol=4 * eps(dtype), atol=slack)
         elif op == "sgd_" and math.isfinite(alpha):   # a - alpha * (x + 0.5 a): four roundings
-            slack = 8 * eps(dtype) * (float(np.abs(a64).max()) + abs(alpha) * float(np.abs(x64).max() +
-                                                                                np.abs(a64).max()))
-            slack += tiny * float(np.abs(x64).max() + np.abs(a64).max())
+            slack = 8 * eps(dtype) * (a_max + abs(alpha) * (x_max + a_max)) + tiny * (x_max + a_max)
             close(target, (a64 - alpha * (x64 + 0.5 * a64)).astype(dtype), rtol=8 * eps(dtype), atol=slack)
         elif op == "scale_":
-            close(target, (a64 * alpha).astype(dtype), rtol=2 * eps(dtype), atol=tiny * float(np.abs(a64).max()))
+            close(target, (a64 * alpha).astype(dtype), rtol=2 * eps(dtype), atol=tiny * a_max)
         elif op == "fill_":
             same(np.asarray(target), np.full(shape, alpha, dtype=dtype))
         elif op == "zero_":
