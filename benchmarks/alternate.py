@@ -46,4 +46,5 @@ def main(spec_path, result_path):
 
 
 if __name__ == "__main__":
-    sys.exit(main(*sys.argv[1:3]))
+    from child import spec_and_result
+    sys.exit(main(*spec_and_result(__doc__)))

@@ -9,6 +9,7 @@ per-epoch metrics and the memory figures.
 
 Only ``fit`` is timed: imports, data loading and model construction come before.
 """
+import argparse
 import json
 import os
 import resource
@@ -38,6 +39,16 @@ def _reset_peak():
         return True
     except OSError:
         return False
+
+
+def spec_and_result(doc, argv=None):
+    """(SPEC, RESULT) paths from the command line of a script that run.py starts
+    (this one, alternate.py); ``--help`` shows the script's docstring ``doc``."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("spec", metavar="SPEC", help="the run, a JSON file that run.py writes")
+    parser.add_argument("result", metavar="RESULT", help="the JSON file the result is written to")
+    args = parser.parse_args(argv)
+    return args.spec, args.result
 
 
 def load_run(spec_path):
@@ -120,4 +131,4 @@ def main(spec_path, result_path):
 
 
 if __name__ == "__main__":
-    sys.exit(main(*sys.argv[1:3]))
+    sys.exit(main(*spec_and_result(__doc__)))
