@@ -178,7 +178,7 @@ def read_metadata(path):
 
 def _check_model(model, arrays, meta, where):
     """{name: array} for model.load_state_dict, after checking names, shapes and dtypes exactly."""
-    params = dict(model.named_parameters())
+    params = dict(model.named_tensors())
     stored = {name[len("model/"):]: value for name, value in arrays.items() if name.startswith("model/")}
     saved_class = meta.get("model_class", "?")
     this_class = type(model).__name__
@@ -218,7 +218,7 @@ def _model_arrays(model):
 
 def _base_meta(kind, model):
     return {"format": FORMAT, "version": VERSION, "kind": kind, "model_class": type(model).__name__,
-            "parameters": {name: [list(p.shape), str(p.dtype)] for name, p in model.named_parameters()}}
+            "parameters": {name: [list(p.shape), str(p.dtype)] for name, p in model.named_tensors()}}
 
 
 def save_model(model, path):
@@ -240,7 +240,7 @@ def load_model(model, path):
 
 def _optimizer_names(model, optimizer):
     """Each optimizer parameter's name in the model, in the optimizer's order."""
-    by_id = {id(p): name for name, p in model.named_parameters()}
+    by_id = {id(p): name for name, p in model.named_tensors()}
     names = []
     for i, p in enumerate(optimizer.params):
         if id(p) not in by_id:

@@ -142,8 +142,9 @@ class Distributed:
     # -------------------------------------------------------------- parameters and gradients
 
     def broadcast_parameters(self, model):
-        """Overwrite every rank's parameters with rank 0's (in place, through the buffer protocol)."""
-        for _, p in model.named_parameters():
+        """Overwrite every rank's tensors (parameters, frozen ones too) with rank 0's (in place,
+        through the buffer protocol)."""
+        for _, p in model.named_tensors():
             self.comm.Bcast(np.asarray(p.data), root=0)
 
     def wrap(self, model, optimizer):

@@ -224,10 +224,18 @@ class Tensor:
         """The same data, cut from the graph."""
         return Tensor(self.data)
 
-    def zero_grad(self):
-        """Forget the accumulated gradient (a factored one too: see backward)."""
-        self.grad = None
-        self._grad_note = None
+    def zero_grad(self, set_to_none=True):
+        """Forget the accumulated gradient (a factored one too: see backward); with
+        ``set_to_none=False`` a gradient there is zeroed instead (in its buffer, or a new
+        one for a factored gradient), so that a following step sees zeros, as in PyTorch."""
+        if set_to_none or (self.grad is None and gradient_factors(self) is None):
+            self.grad = None
+            self._grad_note = None
+        elif self.grad is None:
+            self.grad = Tensor(Matrix.zeros(*self.shape, dtype=self.dtype))
+            self._grad_note = None
+        else:
+            self.grad.data.zero_()
 
     def __repr__(self):
         values = np.array2string(self.data.numpy(), precision=4, threshold=24, edgeitems=2, prefix="Tensor(")

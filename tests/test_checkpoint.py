@@ -69,6 +69,17 @@ def test_module_save_load_round_trip(tmp_path):
     assert meta["format"] == "mocrograd-checkpoint" and meta["kind"] == "model" and meta["model_class"] == "Normal"
 
 
+def test_frozen_parameters_are_saved_and_loaded(tmp_path):
+    path = tmp_path / "frozen.npz"
+    model, other = normal(0), normal(1)
+    for m in (model, other):
+        m.layers[0].weight.requires_grad = False
+    model.save(path)
+    other.load(path)
+    assert_same_state(other.state_dict(), model.state_dict())
+    assert np.array_equal(other.layers[0].weight.numpy(), model.layers[0].weight.numpy())
+
+
 def test_save_float64_and_str_path(tmp_path):
     model = normal(0, dtype=np.float64)
     model.save(str(tmp_path / "m.npz"))
@@ -259,6 +270,8 @@ def test_optimizer_state_dict_continues_exactly(make):
     (lambda s: s["v"].__setitem__(2, np.zeros((3, 3), np.float32)), ValueError, r"v\[2\]: shape"),
     (lambda s: s["m"].__setitem__(0, s["m"][0].astype(np.float64)), TypeError, r"m\[0\]: dtype float64"),
     (lambda s: s.update(steps=-1), ValueError, "steps"),
+    (lambda s: s.update(steps=s["steps"][:-1]), ValueError, "one per parameter"),
+    (lambda s: s.update(steps=[0] + s["steps"][1:]), ValueError, r"steps\[0\] is 0 but m\[0\] is a buffer"),
     (lambda s: s.update(lr=float("nan")), ValueError, "lr"),
     (lambda s: s.update(betas=[0.9, 1.5]), ValueError, "betas"),
     (lambda s: s.pop("eps"), KeyError, "eps"),
@@ -306,7 +319,7 @@ def test_training_checkpoint_round_trip_and_validation(tmp_path):
     with pytest.raises(CheckpointError, match="optimizer state does not fit: the state is for a SGD"):
         load_training(path, fresh, adam)
     assert_same_state(fresh.state_dict(), before)
-    assert adam.m == [None] * 6 and adam.steps == 0
+    assert adam.m == [None] * 6 and adam.steps == [0] * 6
 
     # a parameters-only file is not a training checkpoint
     model.save(tmp_path / "params.npz")

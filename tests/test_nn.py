@@ -145,6 +145,21 @@ def test_state_dict_round_trip():
     assert source.layers[0].weight.numpy().any()
 
 
+def test_state_dict_keeps_frozen_tensors():
+    """A tensor with requires_grad=False is still the module's state (as a frozen
+    parameter in PyTorch's state_dict): saved, and restored by load_state_dict."""
+    mg.manual_seed(1)
+    source = nn.Normal()
+    source.layers[0].weight.requires_grad = False
+    mg.manual_seed(2)
+    target = nn.Normal()
+    target.layers[0].weight.requires_grad = False
+    assert "layers.0.weight" in source.state_dict()
+    assert "layers.0.weight" not in dict(source.named_parameters())
+    target.load_state_dict(source.state_dict())
+    np.testing.assert_array_equal(target.layers[0].weight.numpy(), source.layers[0].weight.numpy())
+
+
 def test_load_state_dict_converts_float64_values():
     model = nn.MLP([2, 2])
     model.load_state_dict({"layers.0.weight": np.eye(2), "layers.0.bias": np.ones((2, 1))})
@@ -487,6 +502,60 @@ def test_optimizers_skip_parameters_without_a_gradient():
     for optimizer in (nn.SGD([p], lr=0.1, momentum=0.9), nn.Adam([p])):
         optimizer.step()
     np.testing.assert_array_equal(p.numpy(), START)
+
+
+def test_adam_counts_steps_per_parameter():
+    """A parameter whose first gradient comes at the optimizer's fourth step gets the
+    first step's bias correction (as torch.optim.Adam), and steps without any gradient
+    count for nobody."""
+    early = Tensor(START.copy(), requires_grad=True, dtype=np.float64)
+    late = Tensor(START.copy(), requires_grad=True, dtype=np.float64)
+    optimizer = nn.Adam([early, late], lr=0.01, betas=(0.8, 0.99))
+    optimizer.step()                       # no gradients yet: nothing moves, nothing counts
+    assert optimizer.steps == [0, 0]
+    for g in GRADS:
+        early.grad = Tensor(g)
+        optimizer.step()
+    late.grad, early.grad = Tensor(GRADS[0]), None
+    optimizer.step()
+    assert optimizer.steps == [3, 1]
+    np.testing.assert_allclose(early.numpy(), numpy_adam(0.01, (0.8, 0.99), 1e-8, 0.0)[-1], rtol=1e-12)
+    np.testing.assert_allclose(late.numpy(), numpy_adam(0.01, (0.8, 0.99), 1e-8, 0.0)[0], rtol=1e-12)
+
+
+def test_adam_loads_a_state_with_one_step_count():
+    """A state saved before the counts were per parameter (one number) still loads: the
+    parameters with buffers take that count, the others none."""
+    a, b = (Tensor(START.copy(), requires_grad=True, dtype=np.float64) for _ in range(2))
+    optimizer = nn.Adam([a, b])
+    a.grad = Tensor(GRADS[0])
+    optimizer.step()
+    state = optimizer.state_dict()
+    state["steps"] = 5
+    optimizer.load_state_dict(state)
+    assert optimizer.steps == [5, 0]
+
+
+@pytest.mark.parametrize("make", [lambda ps: nn.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.5),
+                                  lambda ps: nn.Adam(ps, lr=0.1, weight_decay=0.5)], ids=["sgd", "adam"])
+@pytest.mark.parametrize("clear", ["optimizer", "module"])
+def test_zero_grad_to_zeros_after_a_factored_backward(make, clear):
+    """zero_grad(set_to_none=False) leaves zeros after backward(factored=True) as after a
+    plain backward, so the next step (momentum, weight decay) moves the weight the same."""
+    finals = []
+    for factored in (False, True):
+        mg.manual_seed(3)
+        model = nn.MLP([16, 20, 2], dtype=np.float64)
+        optimizer = make(model.parameters())
+        x = Tensor(np.random.default_rng(4).standard_normal((16, 3)))
+        nn.cross_entropy(model(x), np.array([0, 1, 1])).backward(accumulate=not factored, factored=factored)
+        optimizer.step()
+        (optimizer if clear == "optimizer" else model).zero_grad(set_to_none=False)
+        assert all(p.grad is not None and not p.grad.numpy().any() for p in model.parameters())
+        optimizer.step()
+        finals.append([p.numpy().copy() for p in model.parameters()])
+    for plain, factored in zip(*finals):
+        np.testing.assert_allclose(factored, plain, rtol=1e-12, atol=1e-15)
 
 
 def test_optimizer_zero_grad_to_zeros_keeps_the_buffer():

@@ -21,17 +21,23 @@ class Module:
     def forward(self, *args, **kwargs):
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
 
-    def named_parameters(self, prefix=""):
-        """(name, Tensor) pairs in definition order, e.g. ('layers.0.weight', W)."""
+    def named_tensors(self, prefix=""):
+        """(name, Tensor) pairs of every Tensor attribute in definition order, e.g.
+        ('layers.0.weight', W): the module's state, frozen tensors (``requires_grad``
+        False) included, as PyTorch's ``state_dict`` keeps frozen parameters."""
         for name, value in vars(self).items():
-            if isinstance(value, Tensor) and value.requires_grad:
+            if isinstance(value, Tensor):
                 yield prefix + name, value
             elif isinstance(value, Module):
-                yield from value.named_parameters(f"{prefix}{name}.")
+                yield from value.named_tensors(f"{prefix}{name}.")
             elif isinstance(value, (list, tuple)):
                 for i, item in enumerate(value):
                     if isinstance(item, Module):
-                        yield from item.named_parameters(f"{prefix}{name}.{i}.")
+                        yield from item.named_tensors(f"{prefix}{name}.{i}.")
+
+    def named_parameters(self, prefix=""):
+        """The trainable (``requires_grad``) pairs of ``named_tensors``."""
+        return ((name, p) for name, p in self.named_tensors(prefix) if p.requires_grad)
 
     def parameters(self):
         """The trainable tensors, in definition order."""
@@ -40,10 +46,7 @@ class Module:
     def zero_grad(self, set_to_none=True):
         """Clear the gradients of all parameters (to None, or to zeros keeping the buffers)."""
         for p in self.parameters():
-            if set_to_none or p.grad is None:
-                p.zero_grad()
-            else:
-                p.grad.data.zero_()
+            p.zero_grad(set_to_none)
 
     def train(self, mode=True):
         """Set training mode (and return self); ``eval()`` turns it off."""
@@ -59,13 +62,14 @@ class Module:
         return self.train(False)
 
     def state_dict(self):
-        """name -> copy of the parameter's values as a 2-D NumPy array."""
-        return {name: p.numpy().copy() for name, p in self.named_parameters()}
+        """name -> copy of the tensor's values as a 2-D NumPy array, for every tensor of
+        ``named_tensors`` (frozen ones too)."""
+        return {name: p.numpy().copy() for name, p in self.named_tensors()}
 
     def load_state_dict(self, state, strict=True):
         """Copy values in by name. Every name, shape and dtype is checked before anything is
         assigned, so a bad state leaves the module untouched. ``strict``: names must match exactly."""
-        params = dict(self.named_parameters())
+        params = dict(self.named_tensors())
         missing = [name for name in params if name not in state]
         unexpected = [name for name in state if name not in params]
         if strict and (missing or unexpected):

@@ -102,10 +102,7 @@ class Optimizer:
     def zero_grad(self, set_to_none=True):
         """Clear gradients: to None (default, as in PyTorch) or to zeros keeping the buffers."""
         for p in self.params:
-            if set_to_none or p.grad is None:
-                p.zero_grad()
-            else:
-                p.grad.data.zero_()
+            p.zero_grad(set_to_none)
 
     def step(self):
         raise NotImplementedError
@@ -144,7 +141,7 @@ class Optimizer:
         hyperparameters, ``param_groups`` (each group's size and hyperparameters) and one
         buffer (or None, before the first step) per parameter, in ``params`` order."""
         state = {"type": type(self).__name__, **_settings(self.defaults, self.HYPER, list),
-                 **{key: getattr(self, key) for key in self.EXTRA},
+                 **{key: _copied(getattr(self, key)) for key in self.EXTRA},
                  "param_groups": [{"params": len(g["params"]), **_settings(g, self.HYPER, list)}
                                   for g in self.param_groups]}
         for key in self.BUFFERS:
@@ -173,13 +170,13 @@ class Optimizer:
                                  f"got {size!r}")
             self._check_numbers(saved, f"param_groups[{i}]")
         buffers = {key: self._check_buffers(state, key) for key in self.BUFFERS}
-        self._check_consistent(state, buffers)
+        extra = self._check_consistent(state, buffers)
         # all checked: assign
         self.defaults.update(_settings(state, self.HYPER))
         for saved, group in zip(groups, self.param_groups):
             group.update(_settings(saved, self.HYPER))
-        for key in self.EXTRA:
-            setattr(self, key, int(state[key]))
+        for key, value in extra.items():
+            setattr(self, key, value)
         for key, values in buffers.items():
             setattr(self, key, [None if b is None else Matrix(np.array(b, copy=True)) for b in values])
 
@@ -207,7 +204,9 @@ class Optimizer:
         self._check_hyper(_settings(settings, self.HYPER))
 
     def _check_consistent(self, state, buffers):
-        """Further checks of a state (its EXTRA values, buffers that go together)."""
+        """Further checks of a state (its EXTRA values, buffers that go together); returns
+        the EXTRA values to assign."""
+        return {}
 
     def _check_buffers(self, state, key):
         """state[key]: one array (or None) per parameter, each of its parameter's shape and dtype."""
@@ -230,6 +229,16 @@ class Optimizer:
                 raise TypeError(f"{key}[{i}]: dtype {value.dtype}, the parameter has dtype {p.dtype}")
             checked.append(value)
         return checked
+
+
+def _copied(value):
+    """A list copied (state_dict hands out copies), any other value as it is."""
+    return list(value) if isinstance(value, list) else value
+
+
+def _whole(value):
+    """True for a whole number >= 0 (not a bool)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 0
 
 
 def _rows(matrix, rows):
@@ -285,7 +294,11 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adam (Kingma & Ba) with bias correction, as ``torch.optim.Adam``."""
+    """Adam (Kingma & Ba) with bias correction, as ``torch.optim.Adam``.
+
+    ``steps[i]`` counts the steps that updated parameter i: a parameter without a
+    gradient is skipped and its count stays, so its bias correction starts at its own
+    first step (as PyTorch's per-parameter ``step``), however late that comes."""
 
     HYPER = ("lr", "betas", "eps", "weight_decay")
     BUFFERS = ("m", "v")
@@ -293,7 +306,7 @@ class Adam(Optimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
-        self.steps = 0
+        self.steps = [0] * len(self.params)
         self.m = [None] * len(self.params)
         self.v = [None] * len(self.params)
 
@@ -305,10 +318,12 @@ class Adam(Optimizer):
 
     @no_grad()
     def step(self):
-        self.steps += 1
         for i, p, group in self._each():
+            if p.grad is None and gradient_factors(p) is None:
+                continue
+            self.steps[i] += 1
             b1, b2 = group["betas"]
-            corrections = 1 - b1 ** self.steps, 1 - b2 ** self.steps
+            corrections = 1 - b1 ** self.steps[i], 1 - b2 ** self.steps[i]
             for rows, grad in self._gradient_blocks(p):
                 if self.m[i] is None:
                     self.m[i] = Matrix.zeros(*p.shape, dtype=p.dtype)
@@ -317,8 +332,16 @@ class Adam(Optimizer):
                                           b1, b2, group["eps"], *corrections, group["weight_decay"])
 
     def _check_consistent(self, state, buffers):
-        steps = state["steps"]
-        if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 0:
-            raise ValueError(f"steps must be a whole number >= 0, got {steps!r}")
         if any((a is None) != (b is None) for a, b in zip(buffers["m"], buffers["v"])):
             raise ValueError("m and v must hold buffers for the same parameters")
+        steps, started = state["steps"], [m is not None for m in buffers["m"]]
+        if _whole(steps):   # mocrograd before per-parameter counts: one count for the optimizer
+            return {"steps": [int(steps) if has else 0 for has in started]}
+        if not (isinstance(steps, (list, tuple)) and len(steps) == len(self.params) and all(map(_whole, steps))):
+            raise ValueError(f"steps must be {len(self.params)} whole numbers >= 0 (one per parameter), "
+                             f"got {steps!r}")
+        for i, (count, has) in enumerate(zip(steps, started)):
+            if (count > 0) != has:
+                raise ValueError(f"steps[{i}] is {count} but m[{i}] is {'a buffer' if has else 'None'}: a "
+                                 "parameter has buffers exactly when it has taken steps")
+        return {"steps": [int(count) for count in steps]}
