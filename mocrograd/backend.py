@@ -21,26 +21,33 @@ chunks (the tests do, to reach every chunk boundary on small shapes).
 At import, ``MOCROGRAD_BACKEND`` and ``MOCROGRAD_WORKERS`` set the starting choice.
 """
 import contextlib
+import numbers
 import os
 
 from ._core import DEFAULT_GRAIN, cpu_count, set_backend_state
 
 BACKENDS = ("naive", "optimized", "dynamic")
+MAX_WORKERS = 2 ** 31 - 1   # the kernels take the worker count as a C int
+
+
+def _whole(name, value, default, most=None):
+    """value (None or a whole number, a NumPy integer too) as an int, checked to be >= 1
+    (and <= most); ValueError otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be a whole number >= 1 or None, got {value!r}")
+    if value < 1 or most is not None and value > most:
+        bounds = ">= 1" if most is None else f">= 1 and <= {most}"
+        raise ValueError(f"{name} must be {bounds} (or None for {default}), got {value}")
+    return int(value)
 
 
 def _check(name, workers, grain):
+    """(workers, grain) as ints or None, after checking name, workers and grain."""
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    if workers is not None:
-        if isinstance(workers, bool) or not isinstance(workers, int):
-            raise ValueError(f"workers must be a whole number >= 1 or None, got {workers!r}")
-        if workers < 1:
-            raise ValueError(f"workers must be >= 1 (or None for the core count), got {workers}")
-    if grain is not None:
-        if isinstance(grain, bool) or not isinstance(grain, int):
-            raise ValueError(f"grain must be a whole number >= 1 or None, got {grain!r}")
-        if grain < 1:
-            raise ValueError(f"grain must be >= 1 (or None for DEFAULT_GRAIN), got {grain}")
+    return _whole("workers", workers, "the core count", MAX_WORKERS), _whole("grain", grain, "DEFAULT_GRAIN")
 
 
 def set_backend(name, workers=None, grain=None):
@@ -52,7 +59,7 @@ def set_backend(name, workers=None, grain=None):
     and treats ``workers`` as an upper bound (None: the core count). ``grain`` is
     the least work a chunk gets (None: ``DEFAULT_GRAIN``; see the module docstring).
     """
-    _check(name, workers, grain)
+    workers, grain = _check(name, workers, grain)
     set_backend_state(name, workers if workers is not None else cpu_count(),
                       grain if grain is not None else DEFAULT_GRAIN)
     global _given

@@ -55,13 +55,19 @@ def test_unknown_backend_names_list_the_choices(name):
 
 @pytest.mark.parametrize("workers,match", [
     (0, "workers must be >= 1"), (-2, "workers must be >= 1"),
-    (1.5, "whole number"), ("2", "whole number"), (True, "whole number"),
+    (1.5, "whole number"), ("2", "whole number"), (True, "whole number"), (2 ** 31, "<= 2147483647"),
 ])
 def test_workers_must_be_a_whole_number_from_1(workers, match):
     before = mocrograd.get_backend()
     with pytest.raises(ValueError, match=match):
         mocrograd.set_backend("optimized", workers)
     assert mocrograd.get_backend() == before
+
+
+def test_numpy_integers_are_whole_numbers():
+    with mocrograd.backend("optimized", np.int64(3), grain=np.int32(7)):
+        assert mocrograd.get_backend() == ("optimized", 3) and type(mocrograd.get_backend()[1]) is int
+        assert mocrograd.get_grain() == 7
 
 
 @pytest.mark.parametrize("grain,match", [

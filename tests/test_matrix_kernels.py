@@ -190,6 +190,14 @@ def test_number_on_either_side_equals_numpy_exactly(backend, dtype, number, rng)
         np.testing.assert_array_equal(left.numpy(), op(s, a), err_msg=f"number {name} matrix")
 
 
+def test_a_power_takes_the_exponent_in_the_matrix_dtype(backend):
+    """2.0000001 is 2 in float32 (as NumPy rounds it): negative bases square, not NaN,
+    on every backend."""
+    x = np.array([[-2.0, -1.0, 3.0]], np.float32)
+    np.testing.assert_array_equal((Matrix(x) ** 2.0000001).numpy(), x ** 2.0000001)
+    np.testing.assert_array_equal((Matrix(x) ** 2.0000001).numpy(), x * x)
+
+
 # -------------------------------------------------------- element-wise, unary
 
 def with_zeros(rng, shape, dtype):
@@ -379,6 +387,19 @@ def log_softmax_oracle(x64, axis):
     """(x - max - log(sum(exp(x - max))), max): the stable formula in float64."""
     top = x64.max(axis=axis, keepdims=True)
     return x64 - top - np.log(np.exp(x64 - top).sum(axis=axis, keepdims=True)), top
+
+
+@pytest.mark.parametrize("offset", [1e12, -1e17], ids=["plus1e12", "minus1e17"])
+def test_log_softmax_keeps_its_precision_on_huge_inputs(backend, dtype, offset, rng, assert_within):
+    """x - top is exact near a huge top (in float32 the values even round to one), and
+    log(total) is subtracted after it, not added to top first, where it would be lost:
+    equal inputs give -log(n), not 0."""
+    x = (offset + 3 * rng.standard_normal((5, 7))).astype(dtype)
+    for axis in (0, 1):
+        got = Matrix(x).log_softmax(axis)
+        expected, _ = log_softmax_oracle(f64(x), axis)
+        n = x.shape[axis]
+        assert_within(got, expected, eps(dtype) * np.abs(expected) + 8 * EPS64 * (n + 1), f"axis={axis}")
 
 
 @pytest.mark.parametrize("offset", [0.0, 1000.0, -1000.0], ids=["centered", "plus1000", "minus1000"])

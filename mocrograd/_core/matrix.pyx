@@ -8,7 +8,7 @@ loops. A Matrix owns a NumPy array; ``np.asarray(m)`` is a zero-copy view of it.
 Matrices have at least one row and one column: an empty shape is rejected,
 because no layer, loss or optimizer has a use for one.
 """
-from cpython.buffer cimport PyBUF_FORMAT, PyBUF_ND, PyBUF_STRIDES
+from cpython.buffer cimport PyBUF_F_CONTIGUOUS, PyBUF_FORMAT, PyBUF_ND, PyBUF_STRIDES
 from cpython.pyport cimport PY_SSIZE_T_MAX
 from cython cimport floating
 from libc.math cimport isfinite
@@ -227,8 +227,9 @@ def _to_array(data, dtype):
     else:
         if isinstance(data, (str, bytes)) or not hasattr(data, "__len__"):
             raise TypeError(f"Matrix needs a 2-D array or nested lists, got {type(data).__name__}")
+        dtype = _as_dtype(dtype)
         try:
-            data = np.array(data, dtype=_as_dtype(dtype))
+            data = np.array(data, dtype=dtype)
         except (ValueError, TypeError) as error:
             raise TypeError(f"Matrix needs a rectangular nested list of numbers: {error}") from None
     dtype = _as_dtype(dtype)
@@ -523,7 +524,8 @@ cdef bint _operands(self, other):
     by NumPy's convention (``__array_ufunc__ = None``, as Tensor does), that it
     implements the operators itself: then Python calls its reflected method.
     Anything else that is not a Matrix or a number gets _binary_op's TypeError."""
-    return isinstance(self, Matrix) and getattr(type(other), "__array_ufunc__", True) is not None
+    return isinstance(self, Matrix) and (isinstance(other, Matrix) or
+                                         getattr(type(other), "__array_ufunc__", True) is not None)
 
 
 cdef Matrix _operand_of_update(Matrix a, object b, str what):
@@ -560,10 +562,17 @@ cdef class Matrix:
     Matrix. A float32/float64 C-contiguous array is used without copying (unless a
     different dtype is asked for); anything else numeric is converted, to float32 by
     default. Operators: ``@``, ``+ - * /`` with broadcasting of (r, 1), (1, c) or (1, 1)
-    operands and numbers, unary ``-`` and ``** number``.
+    operands and numbers, unary ``-`` and ``** number``. NumPy scalars and arrays on
+    the left of an operator leave it to the Matrix (``__array_ufunc__ = None``), so
+    ``np.float32(2) * m`` is a Matrix as ``2 * m`` is. ``copy.copy``, ``copy.deepcopy``
+    and ``pickle`` give a new matrix with the same values.
     """
 
+    __array_ufunc__ = None
+
     def __init__(self, data, dtype=None):
+        if self.array is not None:   # buffers exported by the buffer protocol point into it
+            raise TypeError("a Matrix is initialised once; make a new one instead")
         array = _to_array(data, dtype)
         self.array = array
         self.rows = array.shape[0]
@@ -629,6 +638,15 @@ cdef class Matrix:
         out.copy_(self)
         return out
 
+    def __copy__(self):
+        return self.copy()
+
+    def __deepcopy__(self, memo):
+        return self.copy()
+
+    def __reduce__(self):
+        return Matrix, (self.array,)
+
     def astype(self, dtype):
         """This matrix converted to float32 or float64 (self if already that dtype)."""
         d = _as_dtype(dtype)
@@ -645,6 +663,9 @@ cdef class Matrix:
 
     def __getbuffer__(self, Py_buffer* buffer, int flags):
         cdef Py_ssize_t itemsize = 8 if self.is64 else 4
+        if flags & PyBUF_F_CONTIGUOUS == PyBUF_F_CONTIGUOUS and self.rows > 1 and self.cols > 1:
+            raise BufferError(f"a Matrix is C-contiguous (row-major), not Fortran-contiguous: "
+                              f"shape {_shape_str(self)}")
         self._buffer_shape[0] = self.rows
         self._buffer_shape[1] = self.cols
         self._buffer_strides[0] = self.cols * itemsize
@@ -675,6 +696,8 @@ cdef class Matrix:
         beta * out (BLAS's gemm: out = alpha * product + beta * out, one pass over out;
         beta 0 does not read it). So ``g.matmul(x, trans_b=True, out=w, accumulate=True,
         alpha=-lr, beta=1 - lr * wd)`` is an SGD step with the gradient g x^T, never formed."""
+        if not isinstance(other, Matrix):
+            raise TypeError(f"matmul needs a Matrix, got {type(other).__name__}")
         cdef Matrix b = _same_kind(self, other, "matmul")
         cdef Py_ssize_t m = self.cols if trans_a else self.rows
         cdef Py_ssize_t k = self.rows if trans_a else self.cols
@@ -682,8 +705,6 @@ cdef class Matrix:
         cdef Py_ssize_t n = b.rows if trans_b else b.cols
         cdef Matrix result
         cdef int status
-        if not isinstance(other, Matrix):
-            raise TypeError(f"matmul needs a Matrix, got {type(other).__name__}")
         if k != kb:
             raise ValueError(f"matmul: shapes {_shape_str(self)}{'.T' if trans_a else ''} and "
                              f"{_shape_str(b)}{'.T' if trans_b else ''} do not align ({k} != {kb})")
@@ -807,7 +828,9 @@ cdef class Matrix:
     def __pow__(self, exponent, modulo):
         if not isinstance(self, Matrix):
             return NotImplemented
-        if modulo is not None or not isinstance(exponent, numbers.Real):
+        if modulo is not None:
+            raise TypeError("pow() with a modulo is not supported for a Matrix")
+        if not isinstance(exponent, numbers.Real):
             raise TypeError(f"Matrix ** needs a number exponent, got {type(exponent).__name__}")
         return self._unary_op(POW_SCALAR, exponent)
 
@@ -915,10 +938,12 @@ cdef class Matrix:
     def axpy_(self, double alpha, x):
         """self += alpha * x (same shape and dtype): gradient accumulation and SGD steps."""
         cdef Matrix m = _operand_of_update(self, x, "axpy_")
+        _check_finite(self, "axpy_", {"alpha": alpha})
         return self._update_op(0, alpha, m)
 
     def scale_(self, double alpha):
         """self *= alpha."""
+        _check_finite(self, "scale_", {"alpha": alpha})
         return self._update_op(1, alpha, None)
 
     def fill_(self, double value):
@@ -937,6 +962,7 @@ cdef class Matrix:
         cdef Matrix g = _operand_of_update(self, grad, "sgd_")
         cdef Matrix v = self if velocity is None else _operand_of_update(self, velocity, "sgd_")
         cdef bint use_velocity = velocity is not None
+        _check_finite(self, "sgd_", {"lr": lr, "weight_decay": weight_decay, "momentum": momentum})
         with nogil:
             if self.is64:
                 _sgd(self.f64, g.f64, v.f64, use_velocity, lr, momentum, weight_decay)
@@ -952,6 +978,7 @@ cdef class Matrix:
         cdef Matrix g = _operand_of_update(self, grad, "adam_")
         cdef Matrix mm = _operand_of_update(self, m, "adam_")
         cdef Matrix vv = _operand_of_update(self, v, "adam_")
+        _check_finite(self, "adam_", {"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps, "correction1": correction1, "correction2": correction2, "weight_decay": weight_decay})
         with nogil:
             if self.is64:
                 _adam(self.f64, g.f64, mm.f64, vv.f64, lr, beta1, beta2, eps, correction1, correction2, weight_decay)
@@ -963,7 +990,17 @@ cdef class Matrix:
         """Copy x's values into self (same shape and dtype); self = scale * x when scale is given,
         in the same single pass."""
         cdef Matrix m = _operand_of_update(self, x, "copy_")
+        if scale != 1.0:
+            _check_finite(self, "copy_", {"scale": scale})
         return self._update_op(3, scale, m)
+
+
+cdef _check_finite(Matrix m, str what, dict values):
+    """ValueError unless every number is finite in m's dtype (a float32 kernel rounds it to
+    float32, where 1e39 is infinite), before any kernel runs."""
+    for name, value in values.items():
+        if not (isfinite(value) and (m.is64 or isfinite(<float>value))):
+            raise ValueError(f"{what}: {name} must be finite in {m.array.dtype}, got {value}")
 
 
 cdef _check_same_shape(Matrix a, Matrix b, str what):

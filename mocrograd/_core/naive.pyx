@@ -67,7 +67,7 @@ cdef void unary(int op, const floating[:, ::1] x, double scalar,
     cdef Py_ssize_t i, j
     for i in range(x.shape[0]):
         for j in range(x.shape[1]):
-            out[i, j] = <floating>_unary_op(op, x[i, j], scalar)
+            out[i, j] = <floating>_unary_op(op, x[i, j], <floating>scalar)   # the number in x's dtype, as NumPy
 
 
 cdef void relu_grad(const floating[:, ::1] x, const floating[:, ::1] g,
@@ -133,9 +133,9 @@ cdef void log_softmax(int axis, const floating[:, ::1] x, floating[:, ::1] out, 
             total = 0.0
             for i in range(x.shape[0]):
                 total = total + exp(x[i, j] - top)
-            shift = top + log(total)
+            shift = log(total)   # subtracted after top: top + log(total) would round log(total) away
             for i in range(x.shape[0]):
-                out[i, j] = <floating>(x[i, j] - shift)
+                out[i, j] = <floating>((x[i, j] - top) - shift)
     else:
         for i in range(x.shape[0]):
             top = -INFINITY
@@ -144,9 +144,9 @@ cdef void log_softmax(int axis, const floating[:, ::1] x, floating[:, ::1] out, 
             total = 0.0
             for j in range(x.shape[1]):
                 total = total + exp(x[i, j] - top)
-            shift = top + log(total)
+            shift = log(total)
             for j in range(x.shape[1]):
-                out[i, j] = <floating>(x[i, j] - shift)
+                out[i, j] = <floating>((x[i, j] - top) - shift)
 
 
 cdef void log_softmax_grad(int axis, const floating[:, ::1] y, const floating[:, ::1] g,

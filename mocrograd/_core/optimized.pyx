@@ -1270,9 +1270,9 @@ cdef inline void _log_softmax_vector(const floating* x, const floating* g, Py_ss
         top = _max_nan(top, x[i * stride])
     for i in range(n):
         total += exp(x[i * stride] - top)
-    shift = top + log(total)
+    shift = log(total)   # subtracted after top: top + log(total) would round log(total) away
     for i in range(n):
-        out[i * stride] = <floating>(x[i * stride] - shift)
+        out[i * stride] = <floating>((x[i * stride] - top) - shift)
 
 
 cdef void _log_softmax_all(int axis, const floating[:, ::1] x, const floating* g,
