@@ -20,7 +20,8 @@ import subprocess
 import sys
 import tempfile
 
-from mocrograd.train import HelpFormatter
+from mocrograd.data import DIGITS
+from mocrograd.train import HelpFormatter, positive_int
 
 
 def setting(text):
@@ -48,10 +49,12 @@ def main(argv=None):
                                      formatter_class=HelpFormatter)
     parser.add_argument("settings", nargs="+", type=setting, metavar="SETTING")
     parser.add_argument("--model", default="bigger", choices=["normal", "longer", "bigger"])
-    parser.add_argument("--length", type=int, default=10, help="examples (the original gives Bigger 1000/100)")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=7, help="rounds; each runs every setting once")
+    parser.add_argument("--length", type=positive_int, default=10, help="examples (the original gives Bigger 1000/100)")
+    parser.add_argument("--epochs", type=positive_int, default=10)
+    parser.add_argument("--repeats", type=positive_int, default=7, help="rounds; each runs every setting once")
     args = parser.parse_args(argv)
+    if args.length > DIGITS:
+        parser.error(f"--length must be at most {DIGITS} (the digits there are), got {args.length}")
     times = {s: [] for s in args.settings}
     for _ in range(args.repeats):
         for backend, workers in args.settings:

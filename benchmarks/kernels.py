@@ -218,13 +218,15 @@ def markdown(report):
 
 
 def main(argv=None):
+    from mocrograd.train import output_file   # here: run.py's peer processes import this module
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help="shapes scaled down (large dimensions / 8, 1024^2 element-wise)")
     parser.add_argument("--min-time", type=float, help="seconds to repeat each measurement (default 0.3, quick 0.05)")
     parser.add_argument("--naive-limit", type=float,
                         help="skip naive where it would take longer (default 10 s, quick 1 s)")
-    parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    parser.add_argument("--json", metavar="PATH", type=output_file, help="write the results as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress lines and no table on stdout")
     args = parser.parse_args(argv)
     report = run(args.quick, args.min_time, args.naive_limit, out=None if args.quiet else sys.stderr)

@@ -25,6 +25,7 @@ import numpy as np
 
 from mocrograd._core import cpu_count
 from mocrograd._core.ladder import STEPS, ladder_matmul
+from mocrograd.train import output_file, positive_int
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = {512: range(1, 9), 2048: range(4, 9)}
@@ -42,10 +43,10 @@ def best_time(fn, min_time, max_reps=50):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, default=cpu_count(), help="workers of steps 4-8 (default: all cores)")
+    parser.add_argument("--workers", type=positive_int, default=cpu_count(), help="workers of steps 4-8 (default: all cores)")
     parser.add_argument("--min-time", type=float, default=1.0, help="seconds of repetitions per measurement")
-    parser.add_argument("--json", default=os.path.join(ROOT, "benchmarks", "results", "ladder.json"))
-    parser.add_argument("--png", default=os.path.join(ROOT, "docs", "optimizations.png"))
+    parser.add_argument("--json", type=output_file, default=os.path.join(ROOT, "benchmarks", "results", "ladder.json"))
+    parser.add_argument("--png", type=output_file, default=os.path.join(ROOT, "docs", "optimizations.png"))
     args = parser.parse_args()
 
     rng = np.random.default_rng(0)

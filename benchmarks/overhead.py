@@ -23,7 +23,7 @@ import numpy as np
 
 import mocrograd as mg
 from mocrograd import Tensor
-from mocrograd.train import HelpFormatter
+from mocrograd.train import HelpFormatter, output_file, positive_int
 
 SHAPES = {"1x1": ((1, 1), (1, 1)), "64x32": ((64, 32), (32, 32))}   # (a, b) of the product
 
@@ -71,9 +71,9 @@ def per_call_us(call, calls):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=HelpFormatter)
-    parser.add_argument("--blocks", type=int, default=7, help="alternating blocks per contender (median taken)")
-    parser.add_argument("--calls", type=int, default=2000, help="forward + backward calls per block")
-    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--blocks", type=positive_int, default=7, help="alternating blocks per contender (median taken)")
+    parser.add_argument("--calls", type=positive_int, default=2000, help="forward + backward calls per block")
+    parser.add_argument("--json", type=output_file, help="also write the results here")
     args = parser.parse_args(argv)
     try:
         import torch

@@ -122,6 +122,8 @@ def build_parser():
 def parse_args(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.render and not os.path.isfile(args.render):
+        parser.error(f"--render {args.render}: no such file")
     args.quick = args.quick or bool(_env("BENCH_QUICK", 0))
     q = args.quick
     args.epochs = args.epochs or _env("BENCH_EPOCHS", 1 if q else 10)

@@ -38,13 +38,15 @@ def simulate(sigma, settings=4, repeats=5, trials=2000, seed=0):
 
 
 def main(argv=None):
+    from mocrograd.train import positive_int
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sigma", type=float, nargs="+", default=[0.03, 0.05, 0.1],
                         help="noise per run, as the standard deviation of log(time) (default 0.03 0.05 0.1)")
     parser.add_argument("--settings", type=int, choices=range(1, len(TWO_THREADS) + 1), default=len(TWO_THREADS),
                         help="fixed settings as fast as dynamic (default 4)")
-    parser.add_argument("--repeats", type=int, default=5, help="runs of each (default 5)")
-    parser.add_argument("--trials", type=int, default=2000, help="simulated benchmarks (default 2000)")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="runs of each (default 5)")
+    parser.add_argument("--trials", type=positive_int, default=2000, help="simulated benchmarks (default 2000)")
     args = parser.parse_args(argv)
     print(f"dynamic / best of {args.settings} equally fast settings, {args.repeats} runs each, "
           f"median of {args.trials} trials")

@@ -25,7 +25,7 @@ import numpy as np
 
 from . import __version__, nn
 from . import random as _random
-from .backend import BACKENDS, backend, cpu_count
+from .backend import BACKENDS, backend, cpu_count, get_backend
 from .checkpoint import CheckpointError, load_training, read_metadata, save_training
 from .data import DIGITS, DataLoader, load_digits
 from .random import manual_seed
@@ -286,6 +286,20 @@ def _bounded(convert, noun, op, least):
     return parse
 
 
+def output_file(path):
+    """An argparse type: path, if a file can be written there (its directory exists and
+    takes writes, and it is not a directory), so that a bad path fails before the work
+    whose results it would lose."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise argparse.ArgumentTypeError(f"{path}: the directory {directory} does not exist")
+    if os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{path}: is a directory; give a file name")
+    if not os.access(directory, os.W_OK | os.X_OK) or os.path.exists(path) and not os.access(path, os.W_OK):
+        raise argparse.ArgumentTypeError(f"{path}: cannot write there (read-only or no permission)")
+    return path
+
+
 positive_int = _bounded(int, "a whole number", ">=", 1)
 nonnegative_int = _bounded(int, "a whole number", ">=", 0)
 positive_float = _bounded(float, "a number", ">", 0)
@@ -319,9 +333,11 @@ def build_parser():
     parser.add_argument("--length", type=positive_int, help="examples to use, 1 to 1797 (default 1000)")
     parser.add_argument("--model", choices=["normal", "longer", "bigger", "all"], default="all",
                         help="which network to train")
-    parser.add_argument("--backend", choices=BACKENDS, default="dynamic", help="kernel variant")
+    parser.add_argument("--backend", choices=BACKENDS, default=None,
+                        help="kernel variant (default: $MOCROGRAD_BACKEND, else dynamic)")
     parser.add_argument("--workers", type=positive_int, default=None,
-                        help=f"workers for the optimized kernels (default: the core count, {cpu_count()})")
+                        help=f"workers for the optimized kernels (default: $MOCROGRAD_WORKERS, else the core "
+                             f"count, {cpu_count()})")
     parser.add_argument("--batch-size", type=positive_int, default=32, help="examples per batch")
     parser.add_argument("--lr", type=positive_float, default=0.01, help="learning rate")
     parser.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd", help="optimizer")
@@ -373,16 +389,18 @@ def parse_args(argv=None):
         _merge_resume(parser, args, _given_options(argv))
         if args.checkpoint is None:
             args.checkpoint = args.resume
+    chosen_backend, chosen_workers = get_backend()   # by MOCROGRAD_BACKEND / MOCROGRAD_WORKERS at import
+    args.backend = args.backend or chosen_backend
+    args.workers = args.workers or chosen_workers
     if args.checkpoint and args.model == "all":
         parser.error("--checkpoint and --resume need a single --model (normal, longer or bigger), not all")
     for option in ("checkpoint", "json", "plot"):   # output files: fail now, not after hours of training
         path = getattr(args, option)
         if path:
-            directory = os.path.dirname(os.path.abspath(path))
-            if not os.path.isdir(directory):
-                parser.error(f"--{option} {path}: the directory {directory} does not exist")
-            if os.path.isdir(path):
-                parser.error(f"--{option} {path}: is a directory; give a file name")
+            try:
+                output_file(path)
+            except argparse.ArgumentTypeError as error:
+                parser.error(f"--{option} {error}")
     return args
 
 

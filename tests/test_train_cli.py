@@ -93,7 +93,8 @@ def test_help_documents_every_option_with_defaults(tmp_path):
     assert result.returncode == 0
     text = " ".join(result.stdout.split())
     assert "The last 20% of the examples are the validation set" in text
-    for option, default in [("--epochs", "10"), ("--length", "1000"), ("--model", "all"), ("--backend", "dynamic"),
+    for option, default in [("--epochs", "10"), ("--length", "1000"), ("--model", "all"),
+                            ("--backend", "$MOCROGRAD_BACKEND, else dynamic"),
                             ("--workers", None), ("--batch-size", "32"), ("--lr", "0.01"), ("--optimizer", "sgd"),
                             ("--l2", "0.0001"), ("--shuffle", None), ("--seed", "0"), ("--json", None),
                             ("--plot", None), ("--quiet", None), ("--checkpoint", None), ("--resume", None)]:
@@ -137,6 +138,33 @@ def test_invalid_arguments_exit_2_with_one_line(tmp_path, monkeypatch, capsys, a
     if mention:
         assert mention in err
     assert os.listdir(tmp_path) == []       # no work: nothing written
+
+
+@pytest.mark.parametrize("option", ["--json", "--plot", "--checkpoint"])
+def test_an_output_that_cannot_be_written_stops_before_training(tmp_path, monkeypatch, capsys, option):
+    """A read-only directory is found before any work, not after the training it would lose.
+    (Simulated through os.access: root may write anywhere, and CI may run as root.)"""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "locked").mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: "locked" not in str(path) and real_access(path, mode))
+    with pytest.raises(SystemExit) as info:
+        main(["--model", "normal", option, "locked/out"])
+    assert info.value.code == 2
+    assert "locked/out: cannot write there" in capsys.readouterr().err
+    assert os.listdir(tmp_path / "locked") == []
+
+
+def test_the_environment_chooses_the_default_backend(tmp_path):
+    env = dict(os.environ, MOCROGRAD_BACKEND="naive", MOCROGRAD_WORKERS="3")
+    result = cli(tmp_path, 1, 50, "--model", "normal", "--json", "env.json", env=env)
+    assert result.returncode == 0, result.stderr
+    settings = json.loads((tmp_path / "env.json").read_text())["settings"]
+    assert (settings["backend"], settings["workers"]) == ("naive", 3)
+    result = cli(tmp_path, 1, 50, "--model", "normal", "--backend", "optimized", "--json", "flag.json", env=env)
+    assert result.returncode == 0, result.stderr
+    settings = json.loads((tmp_path / "flag.json").read_text())["settings"]
+    assert (settings["backend"], settings["workers"]) == ("optimized", 3)   # the flag wins over the environment
 
 
 @pytest.mark.parametrize("argv", [["0"], ["--lr", "-1"], ["--model", "huge"], ["2", "1798"]])
