@@ -714,8 +714,7 @@ cdef class Matrix:
             raise ValueError("matmul: out must not overlap self or other (the product reads them while writing out)")
         if accumulate and out is None:
             raise ValueError("matmul: accumulate=True needs an out matrix to add to")
-        if not (isfinite(alpha) and isfinite(beta) and
-                (self.is64 or isfinite(<float>alpha) and isfinite(<float>beta))):
+        if not (_finite_in(self, alpha) and _finite_in(self, beta)):
             raise ValueError(f"matmul: alpha and beta must be finite in {self.dtype}, got {alpha} and {beta}")
         if beta != 1 and not accumulate:
             raise ValueError(f"matmul: beta={beta} scales out's old values, which only accumulate=True adds to")
@@ -938,12 +937,14 @@ cdef class Matrix:
     def axpy_(self, double alpha, x):
         """self += alpha * x (same shape and dtype): gradient accumulation and SGD steps."""
         cdef Matrix m = _operand_of_update(self, x, "axpy_")
-        _check_finite(self, "axpy_", {"alpha": alpha})
+        if not _finite_in(self, alpha):
+            _not_finite(self, "axpy_", {"alpha": alpha})
         return self._update_op(0, alpha, m)
 
     def scale_(self, double alpha):
         """self *= alpha."""
-        _check_finite(self, "scale_", {"alpha": alpha})
+        if not _finite_in(self, alpha):
+            _not_finite(self, "scale_", {"alpha": alpha})
         return self._update_op(1, alpha, None)
 
     def fill_(self, double value):
@@ -962,7 +963,8 @@ cdef class Matrix:
         cdef Matrix g = _operand_of_update(self, grad, "sgd_")
         cdef Matrix v = self if velocity is None else _operand_of_update(self, velocity, "sgd_")
         cdef bint use_velocity = velocity is not None
-        _check_finite(self, "sgd_", {"lr": lr, "weight_decay": weight_decay, "momentum": momentum})
+        if not (_finite_in(self, lr) and _finite_in(self, weight_decay) and _finite_in(self, momentum)):
+            _not_finite(self, "sgd_", {"lr": lr, "weight_decay": weight_decay, "momentum": momentum})
         with nogil:
             if self.is64:
                 _sgd(self.f64, g.f64, v.f64, use_velocity, lr, momentum, weight_decay)
@@ -978,7 +980,12 @@ cdef class Matrix:
         cdef Matrix g = _operand_of_update(self, grad, "adam_")
         cdef Matrix mm = _operand_of_update(self, m, "adam_")
         cdef Matrix vv = _operand_of_update(self, v, "adam_")
-        _check_finite(self, "adam_", {"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps, "correction1": correction1, "correction2": correction2, "weight_decay": weight_decay})
+        if not (_finite_in(self, lr) and _finite_in(self, beta1) and _finite_in(self, beta2) and
+                _finite_in(self, eps) and _finite_in(self, correction1) and _finite_in(self, correction2) and
+                _finite_in(self, weight_decay)):
+            _not_finite(self, "adam_", {"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps,
+                                        "correction1": correction1, "correction2": correction2,
+                                        "weight_decay": weight_decay})
         with nogil:
             if self.is64:
                 _adam(self.f64, g.f64, mm.f64, vv.f64, lr, beta1, beta2, eps, correction1, correction2, weight_decay)
@@ -990,16 +997,21 @@ cdef class Matrix:
         """Copy x's values into self (same shape and dtype); self = scale * x when scale is given,
         in the same single pass."""
         cdef Matrix m = _operand_of_update(self, x, "copy_")
-        if scale != 1.0:
-            _check_finite(self, "copy_", {"scale": scale})
+        if not _finite_in(self, scale):
+            _not_finite(self, "copy_", {"scale": scale})
         return self._update_op(3, scale, m)
 
 
-cdef _check_finite(Matrix m, str what, dict values):
-    """ValueError unless every number is finite in m's dtype (a float32 kernel rounds it to
-    float32, where 1e39 is infinite), before any kernel runs."""
+cdef inline bint _finite_in(Matrix m, double value) noexcept:
+    """value is finite in m's dtype (a float32 kernel rounds it to float32, where 1e39 is
+    infinite): checked before any kernel runs, without building anything on the way."""
+    return isfinite(value) and (m.is64 or isfinite(<float>value))
+
+
+cdef _not_finite(Matrix m, str what, dict values):
+    """The ValueError naming the first of values not finite in m's dtype."""
     for name, value in values.items():
-        if not (isfinite(value) and (m.is64 or isfinite(<float>value))):
+        if not _finite_in(m, value):
             raise ValueError(f"{what}: {name} must be finite in {m.array.dtype}, got {value}")
 
 
