@@ -15,6 +15,12 @@ class Split:
     x: np.ndarray
     y: np.ndarray
 
+    def __post_init__(self):
+        self.x, self.y = np.asarray(self.x), np.asarray(self.y)
+        if self.x.ndim != 2 or self.y.ndim != 1 or len(self.x) != len(self.y):
+            raise ValueError(f"a Split needs x of shape (examples, features) and y of shape (examples,), "
+                             f"got {self.x.shape} and {self.y.shape}")
+
     def __len__(self):
         return len(self.y)
 

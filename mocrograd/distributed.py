@@ -135,9 +135,9 @@ class Distributed:
 
     # -------------------------------------------------------------- data
 
-    def loader(self, split, batch_size, train=True):
+    def loader(self, split, batch_size, train=True, dtype=np.float32):
         """This rank's shares of the global batches of ``split`` (see ``ShardedLoader``)."""
-        return ShardedLoader(split, batch_size, self, train=train)
+        return ShardedLoader(split, batch_size, self, train=train, dtype=dtype)
 
     # -------------------------------------------------------------- parameters and gradients
 

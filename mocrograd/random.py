@@ -1,4 +1,5 @@
-"""The library's random generator: one seed makes initialization and shuffling reproducible."""
+"""The library's random generator: one seed makes initialization reproducible (a shuffling
+``DataLoader`` draws from its own ``seed``)."""
 import numpy as np
 
 _generator = np.random.default_rng()

@@ -14,6 +14,7 @@ import contextlib
 import itertools
 import json
 import math
+import numbers
 import os
 import shlex
 import signal
@@ -35,9 +36,43 @@ from .tensor import Tensor, gradient_bound, no_grad, proves_finite
 PROTOCOL = {"normal": 1, "longer": 10, "bigger": 100}
 
 
+OPTIMIZERS = ("sgd", "adam")
+
+
 def make_optimizer(name, parameters, lr):
     """'sgd' (plain, as the original) or 'adam', over parameters or parameter groups."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
     return nn.SGD(parameters, lr=lr) if name == "sgd" else nn.Adam(parameters, lr=lr)
+
+
+def _check_run(model, train, val, epochs, checkpoint):
+    """ValueError for what would otherwise stop training part-way, after steps had already
+    changed the model: epochs, an empty training split, examples whose feature count
+    differs between the splits or from an MLP's input, labels that are not integers in
+    [0, classes) (classes: an MLP's output size), a checkpoint path that cannot be written."""
+    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
+        raise ValueError(f"epochs must be a whole number >= 1, got {epochs!r}")
+    if len(train) == 0:
+        raise ValueError("the training split has no examples")
+    sizes = getattr(model, "sizes", None)   # an MLP's [inputs, ..., classes]
+    features = train.x.shape[1]
+    for name, split in (("training", train), ("validation", val)):
+        if len(split) == 0:
+            continue
+        if split.x.shape[1] != features or sizes and features != sizes[0]:
+            raise ValueError(f"the {name} examples have {split.x.shape[1]} features, the training examples "
+                             f"{features}" + (f" and the model takes {sizes[0]}" if sizes else ""))
+        if split.y.dtype.kind not in "iu":
+            raise ValueError(f"the {name} labels must be integers, got dtype {split.y.dtype}")
+        low, high = int(split.y.min()), int(split.y.max())
+        if low < 0 or sizes and high >= sizes[-1]:
+            raise ValueError(f"the {name} labels must lie in [0, {sizes[-1] if sizes else 'classes'}), "
+                             f"got values from {low} to {high}")
+    if checkpoint is not None:
+        problem = unwritable(checkpoint)
+        if problem:
+            raise ValueError(f"checkpoint {problem}")
 
 
 def l2_groups(model, l2):
@@ -142,12 +177,16 @@ def fit(model, train, val, epochs=10, batch_size=32, lr=0.01, optimizer="sgd", l
     ranks in ``opt.step()`` (see mocrograd/distributed.py and docs/scaling.md).
     """
     began = time.perf_counter()
-    train_loader = DataLoader(train, batch_size) if dist is None else dist.loader(train, batch_size)
-    val_loader = DataLoader(val, batch_size) if dist is None else dist.loader(val, batch_size, train=False)
+    _check_run(model, train, val, epochs, checkpoint)
+    parameters = model.parameters()
+    dtype = parameters[0].dtype if parameters else np.float32   # batches in the model's dtype
+    train_loader = (DataLoader(train, batch_size, dtype=dtype) if dist is None else
+                    dist.loader(train, batch_size, dtype=dtype))
+    val_loader = (DataLoader(val, batch_size, dtype=dtype) if dist is None else
+                  dist.loader(val, batch_size, train=False, dtype=dtype))
     opt = make_optimizer(optimizer, l2_groups(model, l2), lr)
     if dist is not None:   # rank 0's parameters on every rank; step() first sums the gradients over the ranks
         opt = dist.wrap(model, opt)
-    parameters = model.parameters()
     names = [name for name, _ in model.named_parameters()]
     batches_per_epoch = len(train_loader)
     run_config = {"epochs": epochs, "batch_size": batch_size, "optimizer": optimizer, "l2": l2,
@@ -237,6 +276,10 @@ def _resume(path, model, opt, run_config):
     for key in ("epoch", "batch", "history", "rng"):
         if not isinstance(progress, dict) or key not in progress:
             raise CheckpointError(f"{path}: not a checkpoint written by fit() (its progress has no {key!r})")
+    done = progress["epoch"]
+    if isinstance(done, int) and run_config["epochs"] <= done:
+        raise CheckpointError(f"{path}: the checkpoint already completed {done} epochs and epochs is "
+                              f"{run_config['epochs']}; epochs is the total, so ask for more than {done}")
     for key, value in dict(run_config, lr=opt.lr).items():
         if key in saved and key != "epochs" and saved[key] != value:
             raise CheckpointError(f"{path}: the checkpoint was trained with {key} {saved[key]!r}, "
@@ -286,17 +329,25 @@ def _bounded(convert, noun, op, least):
     return parse
 
 
-def output_file(path):
-    """An argparse type: path, if a file can be written there (its directory exists and
-    takes writes, and it is not a directory), so that a bad path fails before the work
-    whose results it would lose."""
+def unwritable(path):
+    """Why a file cannot be written at path (its directory is missing or takes no writes,
+    or path is a directory), or None when it can."""
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
-        raise argparse.ArgumentTypeError(f"{path}: the directory {directory} does not exist")
+        return f"{path}: the directory {directory} does not exist"
     if os.path.isdir(path):
-        raise argparse.ArgumentTypeError(f"{path}: is a directory; give a file name")
+        return f"{path}: is a directory; give a file name"
     if not os.access(directory, os.W_OK | os.X_OK) or os.path.exists(path) and not os.access(path, os.W_OK):
-        raise argparse.ArgumentTypeError(f"{path}: cannot write there (read-only or no permission)")
+        return f"{path}: cannot write there (read-only or no permission)"
+    return None
+
+
+def output_file(path):
+    """An argparse type: path, if a file can be written there (``unwritable``), so that a
+    bad path fails before the work whose results it would lose."""
+    problem = unwritable(path)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
     return path
 
 
@@ -397,10 +448,9 @@ def parse_args(argv=None):
     for option in ("checkpoint", "json", "plot"):   # output files: fail now, not after hours of training
         path = getattr(args, option)
         if path:
-            try:
-                output_file(path)
-            except argparse.ArgumentTypeError as error:
-                parser.error(f"--{option} {error}")
+            problem = unwritable(path)
+            if problem:
+                parser.error(f"--{option} {problem}")
     return args
 
 

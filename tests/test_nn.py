@@ -160,6 +160,23 @@ def test_state_dict_keeps_frozen_tensors():
     np.testing.assert_array_equal(target.layers[0].weight.numpy(), source.layers[0].weight.numpy())
 
 
+def test_a_shared_layer_is_one_parameter():
+    """A layer reached under two names is named once (its first name), as in PyTorch, so an
+    optimizer takes its parameters once and training moves them once per step."""
+    class Tied(nn.Module):
+        def __init__(self):
+            self.a = nn.Linear(4, 4)
+            self.b = self.a
+
+        def forward(self, x):
+            return self.b(self.a(x))
+
+    model = Tied()
+    assert [name for name, _ in model.named_parameters()] == ["a.weight", "a.bias"]
+    assert list(model.state_dict()) == ["a.weight", "a.bias"]
+    nn.SGD(model.parameters(), lr=0.1)   # no "in more than one group" error
+
+
 def test_load_state_dict_converts_float64_values():
     model = nn.MLP([2, 2])
     model.load_state_dict({"layers.0.weight": np.eye(2), "layers.0.bias": np.ones((2, 1))})

@@ -24,16 +24,25 @@ class Module:
     def named_tensors(self, prefix=""):
         """(name, Tensor) pairs of every Tensor attribute in definition order, e.g.
         ('layers.0.weight', W): the module's state, frozen tensors (``requires_grad``
-        False) included, as PyTorch's ``state_dict`` keeps frozen parameters."""
+        False) included, as PyTorch's ``state_dict`` keeps frozen parameters. A tensor
+        reached twice (a shared layer) is named once, by its first name, as in PyTorch."""
+        seen = set()
+        for name, value in self._every_tensor(prefix):
+            if id(value) not in seen:
+                seen.add(id(value))
+                yield name, value
+
+    def _every_tensor(self, prefix):
+        """named_tensors' walk, with a shared tensor as often as it is reached."""
         for name, value in vars(self).items():
             if isinstance(value, Tensor):
                 yield prefix + name, value
             elif isinstance(value, Module):
-                yield from value.named_tensors(f"{prefix}{name}.")
+                yield from value._every_tensor(f"{prefix}{name}.")
             elif isinstance(value, (list, tuple)):
                 for i, item in enumerate(value):
                     if isinstance(item, Module):
-                        yield from item.named_tensors(f"{prefix}{name}.{i}.")
+                        yield from item._every_tensor(f"{prefix}{name}.{i}.")
 
     def named_parameters(self, prefix=""):
         """The trainable (``requires_grad``) pairs of ``named_tensors``."""
