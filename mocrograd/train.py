@@ -638,7 +638,11 @@ def _kept_checkpoint(args):
 def main(argv=None):
     """The command: 0 on success, 2 for invalid arguments or checkpoints, 3 when training
     diverged (non-finite loss or gradient), 130 after Ctrl-C, 1 when a file cannot be written."""
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)   # may read a --resume checkpoint or import matplotlib: Ctrl-C can come here
+    except KeyboardInterrupt:
+        print("interrupted before training began; nothing was saved", file=sys.stderr)
+        return 130
     prog = "python -m mocrograd.train"
     try:
         report = run(args)

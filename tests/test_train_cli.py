@@ -155,6 +155,14 @@ def test_an_output_that_cannot_be_written_stops_before_training(tmp_path, monkey
     assert os.listdir(tmp_path / "locked") == []
 
 
+def test_ctrl_c_while_reading_the_arguments_is_one_line(monkeypatch, capsys):
+    def interrupted(argv):
+        raise KeyboardInterrupt
+    monkeypatch.setattr("mocrograd.train.parse_args", interrupted)
+    assert main(["--model", "normal"]) == 130
+    assert capsys.readouterr().err == "interrupted before training began; nothing was saved\n"
+
+
 def test_the_environment_chooses_the_default_backend(tmp_path):
     env = dict(os.environ, MOCROGRAD_BACKEND="naive", MOCROGRAD_WORKERS="3")
     result = cli(tmp_path, 1, 50, "--model", "normal", "--json", "env.json", env=env)
