@@ -120,6 +120,11 @@ def gradient_factors(leaf):
     return note[2] if note is not None and leaf.grad is None else None
 
 
+def has_gradient(leaf):
+    """True when leaf holds a gradient: in ``.grad`` or as factors (gradient_factors)."""
+    return leaf.grad is not None or gradient_factors(leaf) is not None
+
+
 def proves_finite(bound, dtype):
     """True when ``bound`` (from gradient_bound) shows every element finite: below half
     the dtype's largest value, the half covering the rounding of adding bounds."""
@@ -228,7 +233,7 @@ class Tensor:
         """Forget the accumulated gradient (a factored one too: see backward); with
         ``set_to_none=False`` a gradient there is zeroed instead (in its buffer, or a new
         one for a factored gradient), so that a following step sees zeros, as in PyTorch."""
-        if set_to_none or (self.grad is None and gradient_factors(self) is None):
+        if set_to_none or not has_gradient(self):
             self.grad = None
             self._grad_note = None
         elif self.grad is None:

@@ -267,6 +267,15 @@ def fit(model, train, val, epochs=10, batch_size=32, lr=0.01, optimizer="sgd", l
     return history
 
 
+def _nothing_left(path, done, epochs, name):
+    """Why resuming the checkpoint at path, ``done`` epochs in, for ``epochs`` in all (the
+    setting called ``name`` by the caller) would train nothing; None when it would train."""
+    if isinstance(done, int) and epochs <= done:
+        return (f"the checkpoint {path} already completed {done} epochs and {name} is {epochs}; "
+                f"{name} is the total, so ask for more than {done}")
+    return None
+
+
 def _resume(path, model, opt, run_config):
     """Load a training checkpoint into model and optimizer and return its progress dict, after
     checking that it was made by a run with the same configuration (nothing is assigned otherwise)."""
@@ -276,10 +285,9 @@ def _resume(path, model, opt, run_config):
     for key in ("epoch", "batch", "history", "rng"):
         if not isinstance(progress, dict) or key not in progress:
             raise CheckpointError(f"{path}: not a checkpoint written by fit() (its progress has no {key!r})")
-    done = progress["epoch"]
-    if isinstance(done, int) and run_config["epochs"] <= done:
-        raise CheckpointError(f"{path}: the checkpoint already completed {done} epochs and epochs is "
-                              f"{run_config['epochs']}; epochs is the total, so ask for more than {done}")
+    nothing_left = _nothing_left(path, progress["epoch"], run_config["epochs"], "epochs")
+    if nothing_left:
+        raise CheckpointError(nothing_left)
     for key, value in dict(run_config, lr=opt.lr).items():
         if key in saved and key != "epochs" and saved[key] != value:
             raise CheckpointError(f"{path}: the checkpoint was trained with {key} {saved[key]!r}, "
@@ -391,7 +399,7 @@ def build_parser():
                              f"count, {cpu_count()})")
     parser.add_argument("--batch-size", type=positive_int, default=32, help="examples per batch")
     parser.add_argument("--lr", type=positive_float, default=0.01, help="learning rate")
-    parser.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd", help="optimizer")
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="optimizer")
     parser.add_argument("--l2", type=nonnegative_float, default=1e-4,
                         help="L2 penalty alpha on the weights (0 turns it off)")
     parser.add_argument("--shuffle", action="store_true",
@@ -491,9 +499,9 @@ def _merge_resume(parser, args, given):
             option = "--" + key.replace("_", "-")
             parser.error(f"{option} {getattr(args, key)} conflicts with the checkpoint {args.resume}, which was "
                          f"trained with {option} {saved[key]}; leave {option} out to resume")
-    if args.epochs <= progress["epoch"]:
-        parser.error(f"the checkpoint {args.resume} already completed {progress['epoch']} epochs and --epochs is "
-                     f"{args.epochs}; --epochs is the total, so ask for more than {progress['epoch']}")
+    nothing_left = _nothing_left(args.resume, progress["epoch"], args.epochs, "--epochs")
+    if nothing_left:
+        parser.error(nothing_left)
     args.resumed = {"checkpoint": args.resume, "epoch": progress["epoch"], "batch": progress.get("batch", 0),
                     "elapsed": progress.get("elapsed", 0.0)}
 

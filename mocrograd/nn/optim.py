@@ -5,7 +5,7 @@ import numbers
 import numpy as np
 
 from .._core import Matrix
-from ..tensor import Tensor, gradient_factors, no_grad
+from ..tensor import Tensor, gradient_factors, has_gradient, no_grad
 
 # A factored gradient G X^T (Tensor.backward(factored=True)) that the step needs whole
 # (Adam, SGD with momentum) is formed this many bytes of rows at a time, into one buffer
@@ -319,7 +319,7 @@ class Adam(Optimizer):
     @no_grad()
     def step(self):
         for i, p, group in self._each():
-            if p.grad is None and gradient_factors(p) is None:
+            if not has_gradient(p):
                 continue
             self.steps[i] += 1
             b1, b2 = group["betas"]
